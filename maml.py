@@ -225,33 +225,39 @@ def mean_ci(values):
 
 # -8<- [start:report]
 def report(curves, step_sizes, n_tasks):
-    """Print the held-out MSE table beside the paper's numbers, and every task that got worse."""
-    print(f"\nHeld-out MSE on {n_tasks} tasks after n gradient steps (mean ± 95% CI)")
-    print(f"{'K':>3}  {'model':<11}{'step size':>10}" + "".join(f"{f'n = {n}':>16}" for n in EVAL_STEPS))
+    """The held-out MSE table beside the paper's numbers, and every task that got worse, as text."""
+    lines = [f"Held-out MSE on {n_tasks} tasks after n gradient steps (mean ± 95% CI)",
+             f"{'K':>3}  {'model':<11}{'step size':>10}" + "".join(f"{f'n = {n}':>16}" for n in EVAL_STEPS)]
     for (name, k), mse in curves.items():
         cells = "".join(f"{'%.3f ± %.3f' % mean_ci(mse[:, n]):>16}" for n in EVAL_STEPS)
-        print(f"{k:>3}  {name:<11}{step_sizes[name, k]:>10g}{cells}")
+        lines.append(f"{k:>3}  {name:<11}{step_sizes[name, k]:>10g}{cells}")
         if k == 5:
             paper = "".join(f"{PAPER_MSE_K5[name].get(n, '-'):>16}" for n in EVAL_STEPS)
-            print(f"{'':>3}  {'  (paper)':<11}{'':>10}{paper}")
+            lines.append(f"{'':>3}  {'  (paper)':<11}{'':>10}{paper}")
     for (name, k), mse in curves.items():
         worse = int(np.sum(~(mse[:, -1] <= mse[:, 0])))  # NaN counts as worse
-        print(f"K = {k:>2}, {name}: {worse} of {n_tasks} tasks end {EVAL_STEPS[-1]} steps with a higher MSE "
-              f"than they started with" + (f" (worst: {np.nanmax(mse[:, -1]):.3f})" if worse else ""))
+        lines.append(f"K = {k:>2}, {name}: {worse} of {n_tasks} tasks end {EVAL_STEPS[-1]} steps with a higher "
+                     f"MSE than they started with" + (f" (worst: {np.nanmax(mse[:, -1]):.3f})" if worse else ""))
+    return "\n".join(lines) + "\n"
 # -8<- [end:report]
 
 
 # -8<- [start:figures]
-def save(fig, path):
-    """Write a figure whole or not at all: into a temporary file beside it, then an atomic rename."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png.part")
+def write_whole(path, write):
+    """Write a file whole or not at all: into a temporary file beside it, then an atomic rename."""
+    tmp = f"{path}.{os.getpid()}.part"
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=110)
+        with open(tmp, "wb") as f:
+            write(f)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         raise
+
+
+def save(fig, path):
+    write_whole(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
 def adapt(params, x1, y1, alpha, n_steps):
@@ -360,9 +366,11 @@ def main(argv=None):
             step_sizes[name, k] = alpha
             curves[name, k] = np.asarray(adaptation_curves(
                 params[name], test[0][:, :k], test[1][:, :k], test[2], test[3], alpha, max(EVAL_STEPS)))
-    report(curves, step_sizes, args.eval_tasks)
+    table = report(curves, step_sizes, args.eval_tasks)
+    print("\n" + table, end="")
     write_figures(args.out, params, test, curves, step_sizes, losses, setup)
-    print(f"figures written to {args.out}/")
+    write_whole(os.path.join(args.out, "results.txt"), lambda f: f.write(table.encode()))
+    print(f"figures and results.txt written to {args.out}/")
 
 
 if __name__ == "__main__":
