@@ -260,10 +260,10 @@ def save(fig, path):
     write_whole(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
+@partial(jit, static_argnames=("n_steps",))
 def adapt(params, x1, y1, alpha, n_steps):
-    for _ in range(n_steps):
-        params = inner_update(params, x1, y1, alpha)
-    return params
+    """n_steps of inner_update on one task's support set."""
+    return lax.fori_loop(0, n_steps, lambda _, p: inner_update(p, x1, y1, alpha), params)
 
 
 def write_figures(out, params, tasks, curves, step_sizes, losses, setup):
@@ -366,6 +366,11 @@ def main(argv=None):
             step_sizes[name, k] = alpha
             curves[name, k] = np.asarray(adaptation_curves(
                 params[name], test[0][:, :k], test[1][:, :k], test[2], test[3], alpha, max(EVAL_STEPS)))
+    for (name, k), mse in curves.items():  # garbage in a figure is worse than no figure
+        if not np.all(np.isfinite(mse)):
+            sys.exit(f"maml.py: {name} adaptation with step size {step_sizes[name, k]:g} diverged on "
+                     f"{np.sum(~np.isfinite(mse).all(1))} of {args.eval_tasks} held-out tasks (K = {k}); "
+                     "nothing was written. Try a smaller --alpha.")
     table = report(curves, step_sizes, args.eval_tasks)
     print("\n" + table, end="")
     write_figures(args.out, params, test, curves, step_sizes, losses, setup)
