@@ -24,7 +24,8 @@ from jax.tree_util import tree_map
 
 # -8<- [start:model]
 # The paper's regressor: 1 input, two hidden layers of 40 ReLU units, 1 output.
-# net_init(key, (-1, 1)) returns (output_shape, params); net_apply(params, x) maps (..., 1) to (..., 1).
+# net_init(key, (-1, 1)) returns (output_shape, params);
+# net_apply(params, x) maps inputs of shape (..., 1) to outputs of shape (..., 1).
 net_init, net_apply = stax.serial(Dense(40), Relu, Dense(40), Relu, Dense(1))
 # -8<- [end:model]
 
@@ -72,10 +73,12 @@ def sample_sinusoids(key, n_tasks, amp_range=(0.1, 5.0), phase_range=(0.0, jnp.p
 
 
 @partial(jit, static_argnums=(1, 2))
-def sample_tasks(key, n_tasks, k, amp_range=(0.1, 5.0), phase_range=(0.0, jnp.pi), x_range=(-5.0, 5.0)):
+def sample_tasks(key, n_tasks, k, amp_range=(0.1, 5.0), phase_range=(0.0, jnp.pi),
+                 x_range=(-5.0, 5.0)):
     """A meta-batch: K support and K query points from each of n_tasks sinusoids.
 
-    Returns x1, y1, x2, y2, each of shape (n_tasks, k, 1). Runs on the device; same key, same tasks."""
+    Returns x1, y1, x2, y2, each of shape (n_tasks, k, 1). Runs on the device (n_tasks and k
+    fix the shapes, so they are static under jit); the same key gives the same tasks."""
     k_task, k_x = random.split(key)
     sinusoid = sample_sinusoids(k_task, n_tasks, amp_range, phase_range)
     x = random.uniform(k_x, (2, n_tasks, k, 1), minval=x_range[0], maxval=x_range[1])
@@ -117,7 +120,7 @@ EVAL_STEPS = (0, 1, 5, 10)  # gradient steps after which the held-out MSE is rep
 
 # -8<- [start:pretrain]
 def pretrain_loss(params, x1, y1, x2, y2, alpha=None):
-    """The paper's baseline objective: plain regression on every point of every task in the batch."""
+    """The paper's baseline: plain regression on every point of every task in the batch."""
     return loss(params, jnp.concatenate([x1, x2], axis=1), jnp.concatenate([y1, y2], axis=1))
 
 
@@ -137,7 +140,7 @@ def train_chunk(opt_state, key, steps, amp_range, alpha, *, step_fn, n_tasks, k)
     Dispatching one small jitted call per meta-step costs more than its maths on a CPU, so the
     loop runs inside XLA (lax.scan), and the chunk's tasks are drawn up front in one vectorised
     call. Step i always trains on sample_tasks(fold_in(key, i)), however the steps are chunked:
-    the same batches as the plain Python loop `for i ...: step(i, opt_state, *sample_tasks(...))`."""
+    the same batches as the plain loop `for i ...: step(i, opt_state, *sample_tasks(...))`."""
     batches = vmap(lambda i: sample_tasks(random.fold_in(key, i), n_tasks, k, amp_range))(steps)
 
     def body(opt_state, step_and_batch):
@@ -163,8 +166,10 @@ def train(step_fn, params, key, setup, name, log=print, n_chunks=20):
     for s in starts:  # compile every chunk length up front so that the timer sees only training
         n = min(chunk, n_steps - s)
         if n not in compiled:
-            compiled[n] = train_chunk.lower(opt_state, key, jnp.arange(n), *dynamic[1:], **static).compile()
-    log(f"{name}: compiled in {time.perf_counter() - t0:.1f} s; {n_steps:,} steps of {setup['tasks']} tasks")
+            lowered = train_chunk.lower(opt_state, key, jnp.arange(n), *dynamic[1:], **static)
+            compiled[n] = lowered.compile()
+    log(f"{name}: compiled in {time.perf_counter() - t0:.1f} s; "
+        f"{n_steps:,} steps of {setup['tasks']} tasks")
     t0, losses = time.perf_counter(), []
     for s in starts:
         if s == chunk:  # the first chunk warms up the runtime; time the steady state after it
@@ -179,14 +184,14 @@ def train(step_fn, params, key, setup, name, log=print, n_chunks=20):
         done, elapsed = int(steps[-1]) + 1, time.perf_counter() - t0
         log(f"{name}: step {done:>7,}/{n_steps:,}  loss {losses[-1].mean():8.4f}  "
             f"{done / elapsed:8,.0f} steps/s  {elapsed * (n_steps - done) / done:5.1f} s left")
-    steady = (time.perf_counter() - t_steady) / (n_steps - chunk) if n_steps > chunk else math.nan
+    steady = math.nan if n_steps <= chunk else (time.perf_counter() - t_steady) / (n_steps - chunk)
     return get_params(opt_state), np.concatenate(losses), steady
 # -8<- [end:train]
 
 
 # -8<- [start:evaluate]
 def eval_tasks(key, n_tasks, k, amp_range, n_test=100):
-    """Held-out tasks: K support points each, and the true function on n_test points over [-5, 5]."""
+    """Held-out tasks: K support points each, and the true function at n_test points on [-5, 5]."""
     k_task, k_x = random.split(key)
     sinusoid = sample_sinusoids(k_task, n_tasks, amp_range)
     x1 = random.uniform(k_x, (n_tasks, k, 1), minval=-5.0, maxval=5.0)
@@ -211,33 +216,35 @@ def tune_step_size(params, tasks, k, candidates=(1e-3, 2e-3, 5e-3, 0.01, 0.02, 0
     """The baseline's fine-tuning step size: the candidate with the lowest mean validation MSE
     after 1, 5 and 10 steps (a step size that diverges counts as infinitely bad)."""
     x1, y1, x_test, y_test = tasks
-    scores = [np.asarray(adaptation_curves(params, x1[:, :k], y1[:, :k], x_test, y_test, a, 10))[:, 1:]
+    curves = [np.asarray(adaptation_curves(params, x1[:, :k], y1[:, :k], x_test, y_test, a, 10))
               for a in candidates]
-    scores = [s[:, [0, 4, 9]].mean() if np.all(np.isfinite(s)) else np.inf for s in scores]
+    scores = [c[:, [1, 5, 10]].mean() if np.all(np.isfinite(c)) else np.inf for c in curves]
     return candidates[int(np.argmin(scores))]
 
 
 def mean_ci(values):
-    """Mean and half-width of its 95% confidence interval (normal approximation, as the paper's code)."""
+    """Mean and half-width of its 95% confidence interval (normal approximation)."""
     return values.mean(), 1.96 * values.std(ddof=1) / math.sqrt(len(values))
 # -8<- [end:evaluate]
 
 
 # -8<- [start:report]
-def report(curves, step_sizes, n_tasks):
-    """The held-out MSE table beside the paper's numbers, and every task that got worse, as text."""
+def report(curves, step_sizes, n_tasks, paper):
+    """The held-out MSE table, beside the paper's numbers if `paper`; then tasks that got worse."""
+    header = "".join(f"{f'n = {n}':>16}" for n in EVAL_STEPS)
     lines = [f"Held-out MSE on {n_tasks} tasks after n gradient steps (mean ± 95% CI)",
-             f"{'K':>3}  {'model':<11}{'step size':>10}" + "".join(f"{f'n = {n}':>16}" for n in EVAL_STEPS)]
+             f"{'K':>3}  {'model':<11}{'step size':>10}{header}"]
     for (name, k), mse in curves.items():
         cells = "".join(f"{'%.3f ± %.3f' % mean_ci(mse[:, n]):>16}" for n in EVAL_STEPS)
         lines.append(f"{k:>3}  {name:<11}{step_sizes[name, k]:>10g}{cells}")
-        if k == 5:
-            paper = "".join(f"{PAPER_MSE_K5[name].get(n, '-'):>16}" for n in EVAL_STEPS)
-            lines.append(f"{'':>3}  {'  (paper)':<11}{'':>10}{paper}")
+        if paper and k == 5:
+            cells = "".join(f"{PAPER_MSE_K5[name].get(n, '-'):>16}" for n in EVAL_STEPS)
+            lines.append(f"{'':>3}  {'  (paper)':<11}{'':>10}{cells}")
     for (name, k), mse in curves.items():
         worse = int(np.sum(~(mse[:, -1] <= mse[:, 0])))  # NaN counts as worse
-        lines.append(f"K = {k:>2}, {name}: {worse} of {n_tasks} tasks end {EVAL_STEPS[-1]} steps with a higher "
-                     f"MSE than they started with" + (f" (worst: {np.nanmax(mse[:, -1]):.3f})" if worse else ""))
+        lines.append(f"K = {k:>2}, {name}: {worse} of {n_tasks} tasks end {EVAL_STEPS[-1]} steps "
+                     "with a higher MSE than they started with"
+                     + (f" (worst: {np.nanmax(mse[:, -1]):.3f})" if worse else ""))
     return "\n".join(lines) + "\n"
 # -8<- [end:report]
 
@@ -266,7 +273,7 @@ def adapt(params, x1, y1, alpha, n_steps):
     return lax.fori_loop(0, n_steps, lambda _, p: inner_update(p, x1, y1, alpha), params)
 
 
-def write_figures(out, params, tasks, curves, step_sizes, losses, setup):
+def write_figures(out, params, tasks, curves, step_sizes, losses, setup, paper):
     """The paper's figures 2 and 3 on held-out tasks, and the meta-training loss curve."""
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
@@ -276,9 +283,11 @@ def write_figures(out, params, tasks, curves, step_sizes, losses, setup):
         support = (x1[0, :k], y1[0, :k])
         ax.plot(x_test, y_test[0], "k-", lw=2, label="ground truth")
         ax.plot(*support, "k^", ms=8, label="support points")
-        for name, n, style in (("MAML", 0, "C0:"), ("MAML", 1, "C0--"), ("MAML", 10, "C0-"), ("pretrained", 10, "C3-")):
+        for name, n, style in (("MAML", 0, "C0:"), ("MAML", 1, "C0--"), ("MAML", 10, "C0-"),
+                               ("pretrained", 10, "C3-")):
             adapted = adapt(params[name], *support, step_sizes[name, k], n)
-            ax.plot(x_test, net_apply(adapted, x_test), style, label=f"{name}, {n} step{'s' * (n != 1)}")
+            label = f"{name}, {n} step{'s' * (n != 1)}"
+            ax.plot(x_test, net_apply(adapted, x_test), style, label=label)
         ax.set(title=f"a held-out task, K = {k}", xlabel="x")
     fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper")
     save(fig, os.path.join(out, "adaptation.png"))
@@ -290,10 +299,12 @@ def write_figures(out, params, tasks, curves, step_sizes, losses, setup):
             mean, ci = np.transpose([mean_ci(c) for c in curves[name, k].T])
             ax.plot(steps, mean, "o-", color=color, label=name)
             ax.fill_between(steps, mean - ci, mean + ci, color=color, alpha=0.2)
-            if k == 5:
-                paper = PAPER_MSE_K5[name]
-                ax.plot(list(paper), list(paper.values()), "x", color=color, ms=9, label=f"{name} (paper)")
-        ax.set(title=f"K = {k}", xlabel="gradient steps at meta-test time", ylabel="MSE", ylim=(0, None))
+            if paper and k == 5:
+                theirs = PAPER_MSE_K5[name]
+                ax.plot(list(theirs), list(theirs.values()), "x", color=color, ms=9,
+                        label=f"{name} (paper)")
+        ax.set(title=f"K = {k}", xlabel="gradient steps at meta-test time", ylabel="MSE",
+               ylim=(0, None))
         ax.legend()
     save(fig, os.path.join(out, "mse_vs_steps.png"))
 
@@ -302,7 +313,8 @@ def write_figures(out, params, tasks, curves, step_sizes, losses, setup):
     window = max(1, len(losses["MAML"]) // 200)
     for name, color in (("MAML", "C0"), ("pretrained", "C3")):
         smooth = np.convolve(losses[name], np.ones(window) / window, mode="valid")
-        ax.plot(np.arange(len(smooth)) + window, smooth, color=color, label=f"{name} ({window}-step mean)")
+        ax.plot(np.arange(len(smooth)) + window, smooth, color=color,
+                label=f"{name} ({window}-step mean)")
     ax.set(yscale="log", xlabel="training step", ylabel="training loss on the meta-batch",
            title=f"meta-training, {setup['tasks']} tasks of K = {setup['k']} per step")
     ax.legend()
@@ -324,19 +336,26 @@ def parse_args(argv=None):
             return value
         return parse
     count = checked(int, lambda v: v >= 1, "a whole number >= 1")
-    ap = argparse.ArgumentParser(description="MAML on the sinusoid regression task of Finn et al. (2017).")
-    ap.error = lambda message: ap.exit(2, f"{ap.prog}: error: {message}\n")  # one line, not the usage
-    ap.add_argument("--setup", choices=SETUPS, default="paper", help="paper (default) or blog hyperparameters")
-    ap.add_argument("--steps", type=count, help="meta-training steps (the baseline trains as many)")
-    ap.add_argument("--tasks", type=count, help="tasks per meta-batch")
-    ap.add_argument("--k", type=count, help="support (and query) points per task while meta-training")
+    ap = argparse.ArgumentParser(description="MAML on the sinusoid regression of Finn et al. 2017.")
+    ap.error = lambda message: ap.exit(2, f"{ap.prog}: error: {message}\n")  # one line, no usage
+    default = lambda name: f"(paper {SETUPS['paper'][name]:,}, blog {SETUPS['blog'][name]:,})"
+    ap.add_argument("--setup", choices=SETUPS, default="paper",
+                    help="the paper's hyperparameters or the blog's")
+    ap.add_argument("--steps", type=count, metavar="N",
+                    help="meta-training steps, and the baseline's " + default("steps"))
+    ap.add_argument("--tasks", type=count, metavar="N",
+                    help="tasks per meta-batch " + default("tasks"))
+    ap.add_argument("--k", type=count, metavar="K",
+                    help="support and query points per task " + default("k"))
     ap.add_argument("--alpha", type=checked(float, lambda v: 0 < v < math.inf, "a number > 0"),
-                    help="inner step size")
-    ap.add_argument("--seed", type=checked(int, lambda v: 0 <= v < 2**32, "a whole number in [0, 2**32)"),
-                    default=0)
-    ap.add_argument("--eval-tasks", type=checked(int, lambda v: v >= 2, "a whole number >= 2"), default=600,
-                    help="held-out tasks to evaluate on")
-    ap.add_argument("--out", default="figures", help="folder for the PNG figures")
+                    metavar="A", help="inner step size " + default("alpha"))
+    ap.add_argument("--seed", default=0,
+                    type=checked(int, lambda v: 0 <= v < 2**32, "a whole number in [0, 2**32)"),
+                    metavar="S", help="seed of every random draw (0)")
+    ap.add_argument("--eval-tasks", type=checked(int, lambda v: v >= 2, "a whole number >= 2"),
+                    default=600, metavar="N", help="held-out tasks to evaluate on (600)")
+    ap.add_argument("--out", default="figures", metavar="DIR",
+                    help="folder for the figures and results.txt (figures)")
     args = ap.parse_args(argv)
     try:  # fail now, not after training, if the figures cannot be written
         os.makedirs(args.out, exist_ok=True)
@@ -344,36 +363,44 @@ def parse_args(argv=None):
     except OSError as e:
         ap.error(f"argument --out: cannot write figures to {args.out!r} ({e.strerror})")
     setup = dict(SETUPS[args.setup])
-    setup.update({name: getattr(args, name) for name in ("steps", "tasks", "k", "alpha") if getattr(args, name)})
+    setup.update({name: getattr(args, name) for name in ("steps", "tasks", "k", "alpha")
+                  if getattr(args, name) is not None})
     return args, setup
 
 
 def main(argv=None):
     args, setup = parse_args(argv)
-    print(f"MAML, {args.setup} setup: {setup}, seed {args.seed}, on {jax.devices()[0].platform}")
+    print(f"MAML, {args.setup} setup: {setup['steps']:,} steps of {setup['tasks']} tasks, "
+          f"K = {setup['k']}, alpha = {setup['alpha']:g}, amplitude U{list(setup['amp_range'])}; "
+          f"seed {args.seed}; {jax.devices()[0].platform}")
     k_init, k_maml, k_base, k_val, k_test = random.split(random.PRNGKey(args.seed), 5)
     _, init = net_init(k_init, (-1, 1))
     params, losses = {}, {}
     params["MAML"], losses["MAML"], per_step = train(step, init, k_maml, setup, "MAML")
-    params["pretrained"], losses["pretrained"], _ = train(pretrain_step, init, k_base, setup, "pretrained")
-    print(f"meta-training: {1e3 * per_step:.3f} ms per meta-step (steady state: compile and first chunk excluded)")
+    params["pretrained"], losses["pretrained"], _ = train(pretrain_step, init, k_base, setup,
+                                                          "pretrained")
+    print(f"meta-training: {1e3 * per_step:.3f} ms per meta-step "
+          "(steady state: compile and first chunk excluded)")
 
-    val, test = (eval_tasks(key, args.eval_tasks, max(EVAL_KS), setup["amp_range"]) for key in (k_val, k_test))
+    val, test = (eval_tasks(key, args.eval_tasks, max(EVAL_KS), setup["amp_range"])
+                 for key in (k_val, k_test))
     curves, step_sizes = {}, {}
     for k in EVAL_KS:
         for name in params:  # MAML adapts with its own alpha; the baseline's step size is tuned
             alpha = setup["alpha"] if name == "MAML" else tune_step_size(params[name], val, k)
             step_sizes[name, k] = alpha
+            x1, y1, x_test, y_test = test[0][:, :k], test[1][:, :k], test[2], test[3]
             curves[name, k] = np.asarray(adaptation_curves(
-                params[name], test[0][:, :k], test[1][:, :k], test[2], test[3], alpha, max(EVAL_STEPS)))
+                params[name], x1, y1, x_test, y_test, alpha, max(EVAL_STEPS)))
     for (name, k), mse in curves.items():  # garbage in a figure is worse than no figure
         if not np.all(np.isfinite(mse)):
-            sys.exit(f"maml.py: {name} adaptation with step size {step_sizes[name, k]:g} diverged on "
-                     f"{np.sum(~np.isfinite(mse).all(1))} of {args.eval_tasks} held-out tasks (K = {k}); "
-                     "nothing was written. Try a smaller --alpha.")
-    table = report(curves, step_sizes, args.eval_tasks)
+            sys.exit(f"maml.py: {name} adaptation with step size {step_sizes[name, k]:g} diverged "
+                     f"on {np.sum(~np.isfinite(mse).all(1))} of {args.eval_tasks} held-out tasks "
+                     f"(K = {k}); nothing was written. Try a smaller --alpha.")
+    paper = args.setup == "paper"  # the paper's numbers belong to its task distribution only
+    table = report(curves, step_sizes, args.eval_tasks, paper)
     print("\n" + table, end="")
-    write_figures(args.out, params, test, curves, step_sizes, losses, setup)
+    write_figures(args.out, params, test, curves, step_sizes, losses, setup, paper)
     write_whole(os.path.join(args.out, "results.txt"), lambda f: f.write(table.encode()))
     print(f"figures and results.txt written to {args.out}/")
 

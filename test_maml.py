@@ -471,3 +471,11 @@ def test_cli_divergence_stops_and_writes_nothing(alpha, where, tmp_path, compile
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and where in lines[0] and "nothing was written" in lines[0]
     assert os.listdir(tmp_path) == ["results.txt"] and (tmp_path / "results.txt").read_text() == "earlier results"
+
+
+def test_report_shows_the_papers_numbers_only_beside_the_papers_setting():
+    """The paper's MSEs belong to amplitudes U[0.1, 5]; beside the blog's U[0.1, 0.5] they mislead."""
+    curves = {(name, k): np.ones((3, 11)) for k in maml.EVAL_KS for name in ("MAML", "pretrained")}
+    sizes = {key: 0.01 for key in curves}
+    assert maml.report(curves, sizes, 3, paper=True).count("(paper)") == 2
+    assert "(paper)" not in maml.report(curves, sizes, 3, paper=False)
