@@ -134,14 +134,14 @@ def pretrain_step(i, opt_state, x1, y1, x2, y2, alpha=None):
 
 # -8<- [start:train_chunk]
 @partial(jit, static_argnames=("step_fn", "n_tasks", "k"))
-def train_chunk(opt_state, key, steps, amp_range, alpha, *, step_fn, n_tasks, k):
-    """Run step_fn for every step number in `steps`, in one compiled loop.
+def train_chunk(opt_state, keys, steps, amp_range, alpha, *, step_fn, n_tasks, k):
+    """Run step_fn once for each step number in `steps`, in one compiled loop.
 
     Dispatching one small jitted call per meta-step costs more than its maths on a CPU, so the
     loop runs inside XLA (lax.scan), and the chunk's tasks are drawn up front in one vectorised
-    call. Step i always trains on sample_tasks(fold_in(key, i)), however the steps are chunked:
-    the same batches as the plain loop `for i ...: step(i, opt_state, *sample_tasks(...))`."""
-    batches = vmap(lambda i: sample_tasks(random.fold_in(key, i), n_tasks, k, amp_range))(steps)
+    call. Step i trains on sample_tasks(keys[i]): the batches of the plain Python loop
+    `for i ...: opt_state, _ = step(i, opt_state, *sample_tasks(keys[i], n_tasks, k))`."""
+    batches = vmap(lambda key: sample_tasks(key, n_tasks, k, amp_range))(keys)
 
     def body(opt_state, step_and_batch):
         i, batch = step_and_batch
@@ -155,35 +155,33 @@ def train(step_fn, params, key, setup, name, log=print, n_chunks=20):
     """Train params with step_fn for setup["steps"] steps, showing progress.
 
     Returns the trained params, the loss of every step, and the steady-state seconds per step.
-
     Stops the program (exit 1) when the loss stops being a finite number."""
     n_steps, chunk = setup["steps"], -(-setup["steps"] // n_chunks)
-    starts = range(0, n_steps, chunk)
-    opt_state = opt_init(params)
+    keys = np.asarray(random.split(key, n_steps))  # step i's tasks: sample_tasks(keys[i], ...)
+    spans = [(a, min(a + chunk, n_steps)) for a in range(0, n_steps, chunk)]
     static = dict(step_fn=step_fn, n_tasks=setup["tasks"], k=setup["k"])
-    dynamic = (key, setup["amp_range"], setup["alpha"])
+    args = lambda a, b: (keys[a:b], np.arange(a, b, dtype=np.int32),
+                         setup["amp_range"], setup["alpha"])
+    opt_state = opt_init(params)
     t0, compiled = time.perf_counter(), {}
-    for s in starts:  # compile every chunk length up front so that the timer sees only training
-        n = min(chunk, n_steps - s)
-        if n not in compiled:
-            lowered = train_chunk.lower(opt_state, key, jnp.arange(n), *dynamic[1:], **static)
-            compiled[n] = lowered.compile()
+    for a, b in spans:  # compile every chunk length up front so that the timer sees only training
+        if b - a not in compiled:
+            compiled[b - a] = train_chunk.lower(opt_state, *args(a, b), **static).compile()
     log(f"{name}: compiled in {time.perf_counter() - t0:.1f} s; "
         f"{n_steps:,} steps of {setup['tasks']} tasks")
     t0, losses = time.perf_counter(), []
-    for s in starts:
-        if s == chunk:  # the first chunk warms up the runtime; time the steady state after it
+    for a, b in spans:
+        if a == chunk:  # the first chunk warms up the runtime; time the steady state after it
             t_steady = time.perf_counter()
-        steps = jnp.arange(s, min(s + chunk, n_steps))
-        opt_state, chunk_losses = compiled[len(steps)](opt_state, key, steps, *dynamic[1:])
+        opt_state, chunk_losses = compiled[b - a](opt_state, *args(a, b))
         losses.append(np.asarray(chunk_losses))  # waits for the chunk: the progress line is honest
         if not np.all(np.isfinite(losses[-1])):
-            bad = s + int(np.argmin(np.isfinite(losses[-1])))
-            sys.exit(f"maml.py: {name} diverged at step {bad} (loss is {losses[-1][bad - s]}); "
+            bad = a + int(np.argmin(np.isfinite(losses[-1])))
+            sys.exit(f"maml.py: {name} diverged at step {bad} (loss is {losses[-1][bad - a]}); "
                      "nothing was written. Try a smaller --alpha.")
-        done, elapsed = int(steps[-1]) + 1, time.perf_counter() - t0
-        log(f"{name}: step {done:>7,}/{n_steps:,}  loss {losses[-1].mean():8.4f}  "
-            f"{done / elapsed:8,.0f} steps/s  {elapsed * (n_steps - done) / done:5.1f} s left")
+        elapsed = time.perf_counter() - t0
+        log(f"{name}: step {b:>7,}/{n_steps:,}  loss {losses[-1].mean():8.4f}  "
+            f"{b / elapsed:8,.0f} steps/s  {elapsed * (n_steps - b) / b:5.1f} s left")
     steady = math.nan if n_steps <= chunk else (time.perf_counter() - t_steady) / (n_steps - chunk)
     return get_params(opt_state), np.concatenate(losses), steady
 # -8<- [end:train]

@@ -251,19 +251,19 @@ def test_step_lowers_the_meta_loss_of_its_batch(network_and_tasks):
 
 def test_the_fused_training_loop_equals_the_copy_paste_loop():
     """train_chunk (lax.scan over presampled batches) computes the same steps as the loop a reader
-    writes: sample_tasks(fold_in(key, i)) then step, once per iteration. Float32, 20 steps: the two
+    writes: sample_tasks(keys[i]) then step, once per iteration. Float32, 20 steps: the two
     programs are compiled differently, so rounding differs by ~1e-7 per step; Adam's normalised steps
     keep it from growing. 1e-5 relative, 1e-6 absolute."""
     setup = maml.SETUPS["paper"]
     _, params = maml.net_init(random.PRNGKey(0), (-1, 1))
-    key = random.PRNGKey(5)
+    keys = np.asarray(random.split(random.PRNGKey(5), 20))
     state = maml.opt_init(params)
     losses = []
     for i in range(20):
-        state, loss = maml.step(i, state, *maml.sample_tasks(random.fold_in(key, i), 25, 10), 0.01)
+        state, loss = maml.step(i, state, *maml.sample_tasks(keys[i], 25, 10), 0.01)
         losses.append(loss)
-    fused, fused_losses = maml.train_chunk(maml.opt_init(params), key, jnp.arange(20), setup["amp_range"], 0.01,
-                                           step_fn=maml.step, n_tasks=25, k=10)
+    fused, fused_losses = maml.train_chunk(maml.opt_init(params), keys, np.arange(20), setup["amp_range"],
+                                           0.01, step_fn=maml.step, n_tasks=25, k=10)
     np.testing.assert_allclose(fused_losses, losses, rtol=1e-5)
     for a, b in zip(tree_leaves(maml.get_params(fused)), tree_leaves(maml.get_params(state))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
