@@ -1,0 +1,182 @@
+"""The documentation site tells the truth and builds.
+
+Run with `python -m pytest test_docs.py`. The checks:
+- every plain ```python block on a page runs, in order, and its asserts hold;
+- every snippet include names a file and a section that exist, and every section of maml.py is
+  shown somewhere, between well-formed markers;
+- the nav of mkdocs.yml and the pages in docs/ are the same set;
+- the README pastes the results table that `python maml.py` wrote;
+- `mkdocs build --strict` passes with no warning.
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+DOCS = ROOT / "docs"
+
+# A fence opens with three or more backticks (or tildes) and an info string, and closes with the
+# same run of characters; pages may indent a fence (inside an admonition, say).
+FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)$")
+# A snippet include line, as pymdownx.snippets reads it: `--8<-- "path"` or `--8<-- "path:section"`.
+INCLUDE = re.compile(r"""^[ \t]*-{1,}8<-{1,}[ \t]+(["'])(?P<target>[^"'\n]+)\1[ \t]*$""", re.M)
+# A section marker in a source file: `# -8<- [start:name]` / `# -8<- [end:name]`.
+MARKER = re.compile(r"-{1,}8<-{1,}[ \t]+\[(?P<kind>start|end):(?P<name>[-\w]+)\]")
+
+
+def pages():
+    """The Markdown pages of the site: docs/ without following links (docs/figures links to
+    ../figures, whose Markdown is included into pages, not published as pages)."""
+    found = []
+    for folder, dirs, files in os.walk(DOCS):
+        found += [Path(folder, f) for f in files if f.endswith(".md")]
+    return sorted(found)
+
+
+def fenced_blocks(text):
+    """(info string, content) of every fenced code block of a Markdown text, in order."""
+    blocks, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        m = FENCE.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        indent, fence, info = m["indent"], m["fence"], m["info"].strip()
+        body, i = [], i + 1
+        while i < len(lines) and not re.match(rf"^[ \t]*{re.escape(fence[0])}{{{len(fence)},}}[ \t]*$", lines[i]):
+            body.append(lines[i][len(indent):] if lines[i].startswith(indent) else lines[i].lstrip())
+            i += 1
+        blocks.append((info, "\n".join(body)))
+        i += 1
+    return blocks
+
+
+def runnable_python(path):
+    """The plain ```python blocks of a page: the language is python (or py), and the block is code
+    written on the page, not a snippet include of a real file (those files are tested elsewhere)."""
+    code = []
+    for info, body in fenced_blocks(path.read_text()):
+        language = info.split()[0].lstrip(".{").lower() if info else ""
+        if language in ("python", "py") and not INCLUDE.search(body):
+            code.append(body)
+    return code
+
+
+PAGES_WITH_PYTHON = [p for p in pages() + [ROOT / "README.md"] if p.exists() and runnable_python(p)]
+
+
+def test_pages_with_python_blocks_include_the_jax_and_variations_pages():
+    """The block runner below has something to run: at least docs/jax.md and docs/variations.md."""
+    names = {p.relative_to(ROOT).as_posix() for p in PAGES_WITH_PYTHON}
+    assert {"docs/jax.md", "docs/variations.md"} <= names, names
+
+
+@pytest.mark.parametrize("page", PAGES_WITH_PYTHON, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_python_blocks_of_the_page_run_and_their_asserts_hold(page):
+    """The page's python blocks, concatenated in order, run in one fresh interpreter at the
+    repository root (on the CPU, with 4 host devices for the pages that shard) and exit 0."""
+    source = "\n\n".join(runnable_python(page))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    result = subprocess.run([sys.executable, "-"], input=source, cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, f"{page.name}: its python blocks failed\n{result.stderr[-3000:]}"
+
+
+def sections(path):
+    """The section names of a file, checking its markers: each [start:X] has exactly one [end:X]
+    after it, and no name is used twice."""
+    starts, ends = {}, {}
+    for n, line in enumerate(path.read_text().splitlines()):
+        for m in MARKER.finditer(line):
+            table = starts if m["kind"] == "start" else ends
+            assert m["name"] not in table, f"{path.name}: section {m['name']!r} marked twice"
+            table[m["name"]] = n
+    assert set(starts) == set(ends), f"{path.name}: unmatched markers {set(starts) ^ set(ends)}"
+    for name, line in starts.items():
+        assert ends[name] > line, f"{path.name}: [end:{name}] comes before its [start:{name}]"
+    return set(starts)
+
+
+def includes():
+    """(page, file, section or None) for every snippet include in docs/."""
+    found = []
+    for page in pages():
+        for m in INCLUDE.finditer(page.read_text()):
+            file, _, section = m["target"].partition(":")
+            found.append((page, file, section or None))
+    return found
+
+
+def test_section_markers_of_maml_py_are_well_formed():
+    """Every `# -8<- [start:X]` in maml.py has exactly one `[end:X]` after it; names are unique."""
+    assert sections(ROOT / "maml.py")
+
+
+def test_every_section_of_maml_py_is_shown_on_some_page():
+    """The walkthrough and the running page between them include every section of maml.py."""
+    shown = {section for _, file, section in includes() if file == "maml.py"}
+    missing = sections(ROOT / "maml.py") - shown
+    assert not missing, f"sections of maml.py on no page: {sorted(missing)}"
+
+
+def test_every_snippet_include_names_an_existing_file_and_section():
+    """Each `--8<-- "file"` or `--8<-- "file:section"` in docs/ resolves. pymdownx.snippets with
+    check_paths catches a missing file or section, but not a missing [end:] marker or a line range
+    past the end of a file: so sections must be names, and are checked here against markers."""
+    assert includes(), "no snippet includes found in docs/"
+    for page, file, section in includes():
+        where = f"{page.relative_to(ROOT)}: --8<-- {file}{':' + section if section else ''}"
+        assert (ROOT / file).is_file(), f"{where}: no such file"
+        if section is not None:
+            assert not re.fullmatch(r"[-\d:]+", section), f"{where}: use a named section, not lines"
+            assert section in sections(ROOT / file), f"{where}: no such section"
+
+
+def test_the_flag_table_of_the_running_page_matches_maml_py_help():
+    """docs/running.md's table of flags lists exactly the flags (and metavars) of `maml.py --help`."""
+    help_text = subprocess.run([sys.executable, "maml.py", "--help"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=60, env=dict(os.environ, JAX_PLATFORMS="cpu")).stdout
+    usage = help_text.split("\n\n")[0]
+    in_help = set(re.findall(r"\[(--[\w-]+)(?: ([A-Z]+))?", usage))
+    in_table = set(re.findall(r"^\| `(--[\w-]+)(?: ([A-Z]+))?` \|", (DOCS / "running.md").read_text(), re.M))
+    assert in_help, help_text
+    assert in_table == in_help, f"only on the page: {in_table - in_help}; only in --help: {in_help - in_table}"
+
+
+def nav_pages():
+    """The pages named in the nav of mkdocs.yml (read as text: the file uses MkDocs' own YAML tags)."""
+    text = (ROOT / "mkdocs.yml").read_text()
+    nav = text[text.index("\nnav:"):]
+    return re.findall(r"^\s*-\s*[^:\n]+:\s*(\S+\.md)\s*$", nav, re.M)
+
+
+def test_the_nav_lists_every_page_and_every_nav_entry_exists():
+    """docs/*.md and the nav of mkdocs.yml name the same pages, each once."""
+    nav = nav_pages()
+    assert len(nav) == len(set(nav)), f"a page is in the nav twice: {nav}"
+    on_disk = {p.relative_to(DOCS).as_posix() for p in pages()}
+    assert set(nav) == on_disk, f"not in the nav: {on_disk - set(nav)}; missing files: {set(nav) - on_disk}"
+
+
+def test_readme_pastes_every_line_of_the_results_table():
+    """README.md contains every line of figures/results.txt, the table `python maml.py` wrote."""
+    table = (ROOT / "figures" / "results.txt").read_text().splitlines()
+    readme = (ROOT / "README.md").read_text()
+    missing = [line for line in table if line.strip() and line.rstrip() not in readme]
+    assert not missing, f"lines of figures/results.txt missing from README.md: {missing}"
+
+
+def test_strict_build_passes_without_warnings(tmp_path):
+    """`mkdocs build --strict` exits 0 and logs no WARNING (not run with -q, which hides failures)."""
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    assert "WARNING" not in log, log
+    assert (tmp_path / "index.html").is_file()
+    assert (tmp_path / "figures" / "adaptation.png").is_file(), "the figures were not copied into the site"
