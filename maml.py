@@ -250,12 +250,14 @@ def report(curves, step_sizes, n_tasks, paper):
             lines.append(f"{'':>3}  {'  (paper)':<11}{'':>10}{cells}")
     for (name, k), mse in curves.items():
         worse = int(np.sum(~(mse[:, -1] <= mse[:, 0])))  # NaN counts as worse
-        diverged = len(mse) - len(finite_tasks(mse))
+        kept = finite_tasks(mse)
+        worst = kept[:, -1][kept[:, -1] > kept[:, 0]]
         lines.append(f"K = {k:>2}, {name}: {worse} of {n_tasks} tasks end {EVAL_STEPS[-1]} steps "
                      "with a higher MSE than they started with"
-                     + (f" (worst: {np.nanmax(mse[:, -1]):.3f})" if worse > diverged else "")
-                     + (f"; {diverged} of them diverged (MSE inf or NaN), left out of the row "
-                        "marked *" if diverged else ""))
+                     + (f" (worst: {worst.max():.3f})" if len(worst) else ""))
+        if len(kept) < len(mse):
+            lines.append(f"{'':8}{len(mse) - len(kept)} of them diverged (MSE inf or NaN): "
+                         "left out of the row marked *")
     return "".join(line.rstrip() + "\n" for line in lines)
 # -8<- [end:report]
 

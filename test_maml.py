@@ -479,3 +479,18 @@ def test_report_shows_the_papers_numbers_only_beside_the_papers_setting():
     sizes = {key: 0.01 for key in curves}
     assert maml.report(curves, sizes, 3, paper=True).count("(paper)") == 2
     assert "(paper)" not in maml.report(curves, sizes, 3, paper=False)
+
+
+def test_report_leaves_diverged_tasks_out_of_the_means_and_counts_them():
+    """Three tasks: one improves (10 -> 5), one gets worse (1 -> 2), one overflows (1 -> inf).
+    The row's means use the two finite tasks and carry a *; the worse count is 2 (inf and the
+    1 -> 2 task), the worst finite one ended at 2, and the diverged one is counted on its own."""
+    mse = np.array([[10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0],
+                    [1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0],
+                    [1.0, 2.0, 4.0, 8.0, 1e3, 1e9, 1e20, 1e38, np.inf, np.inf, np.inf]])
+    curves = {(name, k): mse for k in maml.EVAL_KS for name in ("MAML", "pretrained")}
+    text = maml.report(curves, {key: 0.01 for key in curves}, 3, paper=False)
+    n10 = "%.3f ± %.3f*" % maml.mean_ci(np.array([5.0, 2.0]))
+    assert re.search(rf"^  5  MAML +0\.01 +5\.500 ± \S+\*.* {re.escape(n10)}$", text, re.M)
+    assert "K =  5, MAML: 2 of 3 tasks end 10 steps with a higher MSE than they started with (worst: 2.000)" in text
+    assert text.count("1 of them diverged (MSE inf or NaN): left out of the row marked *") == 4
