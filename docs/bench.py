@@ -18,7 +18,7 @@ Implementations (--only picks some, by key):
 usage: python docs/bench.py [--rounds 3] [--steps 3000] [--settings paper,blog]
                             [--only KEY,...] [--no-costs] [--peers DIR] [--torch-python PY]
                             [--out figures/benchmark.md]
-A quick check (about 15 s): python docs/bench.py --rounds 1 --steps 200 --only train,loop
+A quick check (about 6 s here): python docs/bench.py --rounds 1 --steps 200 --only train,loop
                             --settings paper --no-costs --out /tmp/bench.md
 One measurement, as the driver runs it:
     python docs/bench.py --worker {train,loop,costs} --setup {paper,blog} [--steps N]
