@@ -226,8 +226,17 @@ def finite_tasks(mse):
 
 
 def mean_ci(values):
-    """Mean and half-width of its 95% confidence interval (normal approximation)."""
+    """Mean and half-width of its 95% confidence interval (normal approximation).
+
+    In float64: a task that ends far from its sinusoid can have a float32 MSE whose square
+    overflows float32."""
+    values = np.asarray(values, np.float64)
     return values.mean(), 1.96 * values.std(ddof=1) / math.sqrt(len(values))
+
+
+def number(x):
+    """Three decimals; scientific notation once a task that ran away makes a number huge."""
+    return f"{x:.3f}" if abs(x) < 1e4 else f"{x:.2e}"
 # -8<- [end:evaluate]
 
 
@@ -243,7 +252,8 @@ def report(curves, step_sizes, n_tasks, paper):
     for (name, k), mse in curves.items():
         kept = finite_tasks(mse)
         mark = "*" if len(kept) < len(mse) else " "
-        cells = "".join(f"{'%.3f ± %.3f' % mean_ci(kept[:, n]) + mark:>16}" for n in EVAL_STEPS)
+        cells = "".join(f" {'%s ± %s' % tuple(map(number, mean_ci(kept[:, n]))) + mark:>15}"
+                        for n in EVAL_STEPS)
         lines.append(f"{k:>3}  {name:<11}{step_sizes[name, k]:>10g}{cells}")
         if paper and k == 5:
             cells = "".join(f"{PAPER_MSE_K5[name].get(n, '-'):>15} " for n in EVAL_STEPS)
@@ -254,7 +264,7 @@ def report(curves, step_sizes, n_tasks, paper):
         worst = kept[:, -1][kept[:, -1] > kept[:, 0]]
         lines.append(f"K = {k:>2}, {name}: {worse} of {n_tasks} tasks end {EVAL_STEPS[-1]} steps "
                      "with a higher MSE than they started with"
-                     + (f" (worst: {worst.max():.3f})" if len(worst) else ""))
+                     + (f" (worst: {number(worst.max())})" if len(worst) else ""))
         if len(kept) < len(mse):
             lines.append(f"{'':8}{len(mse) - len(kept)} of them diverged (MSE inf or NaN): "
                          "left out of the row marked *")
@@ -307,6 +317,9 @@ def write_figures(out, params, tasks, curves, step_sizes, losses, setup, paper):
 
     fig = Figure(figsize=(11, 4), layout="constrained")
     steps = np.arange(curves["MAML", EVAL_KS[0]].shape[1])
+    # Up to a little above the error before adapting: a mean that a few runaway tasks send far
+    # higher leaves the plot at the top rather than flattening every other curve.
+    top = 1.25 * max(sum(mean_ci(finite_tasks(mse)[:, 0])) for mse in curves.values())
     for ax, k in zip(fig.subplots(1, len(EVAL_KS), sharey=True), EVAL_KS):
         for name, color in (("MAML", "C0"), ("pretrained", "C3")):
             kept = finite_tasks(curves[name, k])
@@ -321,7 +334,7 @@ def write_figures(out, params, tasks, curves, step_sizes, losses, setup, paper):
                 ax.plot(list(theirs), list(theirs.values()), "x", color=color, ms=9,
                         label=f"{name} (paper)")
         ax.set(title=f"K = {k}", xlabel="gradient steps at meta-test time", ylabel="MSE",
-               ylim=(0, None))
+               ylim=(0, top))
         ax.legend()
     save(fig, os.path.join(out, "mse_vs_steps.png"))
 

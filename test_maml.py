@@ -494,3 +494,16 @@ def test_report_leaves_diverged_tasks_out_of_the_means_and_counts_them():
     assert re.search(rf"^  5  MAML +0\.01 +5\.500 ± \S+\*.* {re.escape(n10)}$", text, re.M)
     assert "K =  5, MAML: 2 of 3 tasks end 10 steps with a higher MSE than they started with (worst: 2.000)" in text
     assert text.count("1 of them diverged (MSE inf or NaN): left out of the row marked *") == 4
+
+
+def test_report_prints_a_runaway_mean_in_scientific_notation_apart_from_its_neighbours():
+    """A finite but huge MSE (a task that ran away without overflowing, as seen on a GPU) must not
+    glue its cell to the next one; the mean is computed in float64, where its square fits."""
+    mse = np.ones((3, 11), np.float32)
+    mse[0, 5:] = 3e32
+    curves = {(name, k): mse for k in maml.EVAL_KS for name in ("MAML", "pretrained")}
+    with np.errstate(over="raise"):
+        text = maml.report(curves, {key: 0.01 for key in curves}, 3, paper=False)
+    assert re.search(r"^  5  MAML +0\.01 +1\.000 ± 0\.000 +1\.000 ± 0\.000 +1\.00e\+32 ± \S+ +1\.00e\+32 ± \S+$",
+                     text, re.M), text
+    assert "(worst: 3.00e+32)" in text
