@@ -384,7 +384,8 @@ def mse_row(table, k, name):
 def test_a_meta_trained_model_adapts_better_than_a_pretrained_one(short_run):
     """After 1,000 meta-steps, one gradient step on K = 5 points gives MAML a held-out MSE below the
     baseline's (trained as long, step size tuned), with disjoint 95% intervals over 200 tasks, and
-    at most 3/4 of it. Seen here: 1.393 +- 0.210 against 2.640 +- 0.348 (K = 10: 1.011 +- 0.142 against 2.354 +- 0.322)."""
+    at most 3/4 of it. Seen here: 1.393 +- 0.210 against 2.640 +- 0.348
+    (K = 10: 1.011 +- 0.142 against 2.354 +- 0.322)."""
     result, out = short_run
     assert result.returncode == 0, result.stderr
     table = (out / "results.txt").read_text()
