@@ -2,10 +2,11 @@
 
 Run with `python -m pytest test_docs.py`. The checks:
 - every plain ```python block on a page runs, in order, and its asserts hold;
-- every snippet include names a file and a section that exist, and every section of maml.py is
-  shown somewhere, between well-formed markers;
+- every snippet include names a file and a section that exist, and every section of maml.py and
+  experiment.py is shown somewhere, between well-formed markers;
 - the nav of mkdocs.yml and the pages in docs/ are the same set;
-- the README pastes the results table that `python maml.py` wrote;
+- the README pastes the results table that `python experiment.py` wrote, and what `python maml.py`
+  printed;
 - `mkdocs build --strict` passes with no warning;
 - docs/bench.py, which the performance page shows, runs in its quick mode.
 """
@@ -113,16 +114,18 @@ def includes():
     return found
 
 
-def test_section_markers_of_maml_py_are_well_formed():
-    """Every `# -8<- [start:X]` in maml.py has exactly one `[end:X]` after it; names are unique."""
-    assert sections(ROOT / "maml.py")
+@pytest.mark.parametrize("source", ["maml.py", "experiment.py"])
+def test_section_markers_are_well_formed(source):
+    """Every `# -8<- [start:X]` has exactly one `[end:X]` after it; names are unique."""
+    assert sections(ROOT / source)
 
 
-def test_every_section_of_maml_py_is_shown_on_some_page():
-    """The walkthrough and the running page between them include every section of maml.py."""
-    shown = {section for _, file, section in includes() if file == "maml.py"}
-    missing = sections(ROOT / "maml.py") - shown
-    assert not missing, f"sections of maml.py on no page: {sorted(missing)}"
+@pytest.mark.parametrize("source", ["maml.py", "experiment.py"])
+def test_every_section_is_shown_on_some_page(source):
+    """The walkthrough shows every section of maml.py, the running page every one of experiment.py."""
+    shown = {section for _, file, section in includes() if file == source}
+    missing = sections(ROOT / source) - shown
+    assert not missing, f"sections of {source} on no page: {sorted(missing)}"
 
 
 def test_every_snippet_include_names_an_existing_file_and_section():
@@ -138,9 +141,9 @@ def test_every_snippet_include_names_an_existing_file_and_section():
             assert section in sections(ROOT / file), f"{where}: no such section"
 
 
-def test_the_flag_table_of_the_running_page_matches_maml_py_help():
-    """docs/running.md's table of flags lists exactly the flags (and metavars) of `maml.py --help`."""
-    help_text = subprocess.run([sys.executable, "maml.py", "--help"], cwd=ROOT, capture_output=True,
+def test_the_flag_table_of_the_running_page_matches_experiment_py_help():
+    """docs/running.md's table of flags lists exactly the flags (and metavars) of `experiment.py --help`."""
+    help_text = subprocess.run([sys.executable, "experiment.py", "--help"], cwd=ROOT, capture_output=True,
                                text=True, timeout=60, env=dict(os.environ, JAX_PLATFORMS="cpu")).stdout
     usage = help_text.split("\n\n")[0]
     in_help = set(re.findall(r"\[(--[\w-]+)(?: ([A-Z]+))?", usage))
@@ -165,11 +168,27 @@ def test_the_nav_lists_every_page_and_every_nav_entry_exists():
 
 
 def test_readme_pastes_every_line_of_the_results_table():
-    """README.md contains every line of figures/results.txt, the table `python maml.py` wrote."""
+    """README.md contains every line of figures/results.txt, the table `python experiment.py` wrote."""
     table = (ROOT / "figures" / "results.txt").read_text().splitlines()
     readme = (ROOT / "README.md").read_text()
     missing = [line for line in table if line.strip() and line.rstrip() not in readme]
     assert not missing, f"lines of figures/results.txt missing from README.md: {missing}"
+
+
+def test_readme_and_walkthrough_show_what_python_maml_py_printed():
+    """figures/maml.txt is the output of `python maml.py`: progress lines for the paper's 70,000 steps,
+    then the MSE of 600 new tasks before and after one inner_update. The README pastes every line
+    of it, and the walkthrough includes the file."""
+    text = (ROOT / "figures" / "maml.txt").read_text()
+    lines = text.splitlines()
+    assert [re.fullmatch(r"step +([\d,]+)/70,000  meta-loss \d+\.\d{3}  \d+ s", ln)[1] for ln in lines[:-1]] == \
+        [f"{n:,}" for n in range(10_000, 70_001, 10_000)]
+    before, after = map(float, re.fullmatch(r"600 new tasks, K = 5: MSE (\S+) before adapting, (\S+) after one "
+                                            r"inner_update \(the paper: 0\.67\)", lines[-1]).groups())
+    assert after < before / 3, (before, after)  # MAML learned: one step removes most of the error
+    readme = (ROOT / "README.md").read_text()
+    assert all(line in readme for line in lines), "README.md does not paste figures/maml.txt"
+    assert ("figures", "maml.txt", None) in {(Path(f).parts[0], Path(f).name, s) for _, f, s in includes()}
 
 
 def test_strict_build_passes_without_warnings(tmp_path):
@@ -185,7 +204,7 @@ def test_strict_build_passes_without_warnings(tmp_path):
 
 
 def test_benchmark_quick_run_times_both_loops_and_writes_the_table(tmp_path):
-    """docs/bench.py (which the performance page shows) in its quick mode: maml.py's training loop
+    """docs/bench.py (which the performance page shows) in its quick mode: experiment.py's training loop
     and the copy-paste loop each run in a fresh process, their output lines parse, and the table
     names both with positive, finite times (the peers are left out: the targets read 'not
     measured'). Speed itself is measured by the benchmark, never asserted by a test."""
@@ -199,7 +218,7 @@ def test_benchmark_quick_run_times_both_loops_and_writes_the_table(tmp_path):
     table = out.read_text()
     assert table in result.stdout  # printed as well as written
     assert "python docs/bench.py --rounds 1 --steps 200 --only train,loop" in table
-    for label in ("maml.py training loop", "copy-paste loop"):
+    for label in ("experiment.py training loop", "copy-paste loop"):
         row = re.search(rf"^\| {re.escape(label)} \| ([0-9.]+) \(([0-9.]+)-([0-9.]+)\) \|$", table, re.M)
         assert row, f"no timing row for {label!r} in\n{table}"
         median, low, high = map(float, row.groups())
@@ -208,5 +227,5 @@ def test_benchmark_quick_run_times_both_loops_and_writes_the_table(tmp_path):
         line = re.search(rf"^round 1 paper +{re.escape(label)} +([0-9.]+) ms/step, final loss (\S+)$",
                          result.stdout, re.M)
         assert line and math.isfinite(float(line[2])) and float(line[1]) > 0, result.stdout
-    assert re.search(r"^\| maml\.py training loop vs careful port \| paper \| 1\.25x \| - \| not measured \|$",
+    assert re.search(r"^\| experiment\.py training loop vs careful port \| paper \| 1\.25x \| - \| not measured \|$",
                      table, re.M), table

@@ -8,7 +8,7 @@ more process per setting, where a step's time goes: its floating-point work, thi
 matrix-multiply rate, and dispatch, task sampling and the maths, each timed apart.
 
 Implementations (--only picks some, by key):
-  train    maml.py's training loop: maml.train(maml.step, ...), as `python maml.py` calls it
+  train    experiment.py's training loop: experiment.train(maml.step, ...), as `python experiment.py` calls it
   loop     the copy-paste loop: one sample_tasks and one step call from Python per meta-step
   blog     blog_port.py: the 2019 blog's loop, ported with the fewest changes      peers, from
   careful  blog_port.py --onp-stack: the careful port                              --peers; they
@@ -40,14 +40,14 @@ HERE = os.path.abspath(__file__)
 ROOT = os.path.dirname(os.path.dirname(HERE))  # the repository: every process runs there
 
 # -8<- [start:settings]
-# The two settings, as the peers' flags; our workers check that maml.SETUPS says the same.
+# The two settings, as the peers' flags; our workers check that experiment.SETUPS says the same.
 SETTINGS = {
     "paper": dict(tasks=25, k=10, alpha=0.01, amp_max=5.0),
     "blog": dict(tasks=4, k=20, alpha=0.1, amp_max=0.5),
 }
 # key: (label, interpreter, command after the interpreter, extra environment)
 IMPLS = {
-    "train": ("maml.py training loop", "jax", [HERE, "--worker", "train"], {}),
+    "train": ("experiment.py training loop", "jax", [HERE, "--worker", "train"], {}),
     "loop": ("copy-paste loop", "jax", [HERE, "--worker", "loop"], {}),
     "blog": ("blog as written (blog_port.py)", "jax", ["{peers}/blog_port.py"], {}),
     "careful": ("careful port (blog_port.py --onp-stack)", "jax",
@@ -75,25 +75,26 @@ LINE = re.compile(r"^(\S+): ([0-9.]+) ms/step over (\d+) steps; final loss (\S+)
 # ---------------------------------------------------------------------------------------------
 
 def maml_setup(name, steps):
-    import maml
-    s, setup = SETTINGS[name], dict(maml.SETUPS[name], steps=steps)
+    import experiment
+    s, setup = SETTINGS[name], dict(experiment.SETUPS[name], steps=steps)
     ours = (setup["tasks"], setup["k"], setup["alpha"], setup["amp_range"])
     peers = (s["tasks"], s["k"], s["alpha"], (0.1, s["amp_max"]))
-    assert ours == peers, f"maml.SETUPS[{name!r}] is {ours}, the peers' flags {peers}"
+    assert ours == peers, f"experiment.SETUPS[{name!r}] is {ours}, the peers' flags {peers}"
     return setup
 
 
 # -8<- [start:train]
 def worker_train(name, steps):
-    """maml.py's own loop: train() as main() calls it; its timer leaves out the first chunk."""
+    """experiment.py's own loop: train() as main() calls it; its timer leaves out the first chunk."""
+    import experiment
     import maml
     from jax import random
     setup = maml_setup(name, steps)
     k_init, k_maml = random.split(random.PRNGKey(0), 5)[:2]
     _, init = maml.net_init(k_init, (-1, 1))
-    _, losses, per_step = maml.train(maml.step, init, k_maml, setup, "MAML", log=lambda line: None)
+    _, losses, per_step = experiment.train(maml.step, init, k_maml, setup, "MAML", log=lambda line: None)
     timed = steps - -(-steps // 20)
-    print(f"maml.train: {1e3 * per_step:.4f} ms/step over {timed} steps; "
+    print(f"experiment.train: {1e3 * per_step:.4f} ms/step over {timed} steps; "
           f"final loss {losses[-1]:.4f}")
 # -8<- [end:train]
 
@@ -135,6 +136,7 @@ def worker_costs(name, calls=500, repeats=7):
 
     import jax
     import jax.numpy as jnp
+    import experiment
     import maml
     import numpy as np
     from jax import jit, lax, random, vmap
@@ -169,7 +171,7 @@ def worker_costs(name, calls=500, repeats=7):
     maths = jit(lambda state, steps, batches: lax.scan(
         lambda s, ib: maml.step(ib[0], s, *ib[1], alpha), state, (steps, batches)))
     first = (steps[:1], jax.tree_util.tree_map(lambda b: b[:1], batches))  # a scan of one step
-    chunk = partial(maml.train_chunk, step_fn=maml.step, n_tasks=T, k=K)
+    chunk = partial(experiment.train_chunk, step_fn=maml.step, n_tasks=T, k=K)
     nop, zero = jit(lambda x: x + 1), jnp.zeros(())
     parts = {  # name: (one run, how many steps or products it holds)
         "big_matmul": (lambda: big @ big, 1),
@@ -318,18 +320,18 @@ def costs_table(costs, ms):
          lambda c, s: f"{c['big_gflops']:.0f} GFLOP/s"),
         ("float32 matmul rate: the hidden layer, (T K x 40) by (40 x 40), 500 in a row",
          lambda c, s: f"{c['layer_gflops']:.0f} GFLOP/s"),
-        ("maml.train_chunk, per step", us("chunk")),
+        ("experiment.train_chunk, per step", us("chunk")),
         ("- of which the maths: the step under lax.scan, batches given", us("maths")),
         ("- of which task sampling: one vmap over the chunk's keys", us("presample")),
         ("maml.step, called from Python", us("step_call")),
         ("the same step as a lax.scan of one step, called from Python", us("scan_of_one_call")),
         ("maml.sample_tasks, called from Python", us("sample_call")),
-        ("random.fold_in, called from Python (maml.py splits its keys at once)",
+        ("random.fold_in, called from Python (experiment.py splits its keys at once)",
          us("fold_in_call")),
         ("an empty jitted call from Python (the dispatch floor)", us("nop_call")),
         ("the maths' rate, and its share of the 2048 rate",
          lambda c, s: rate(c["flops"] / c["us"]["maths"] / 1e3, c)),
-        ("maml.py training loop's rate (its median above), and its share", train_rate),
+        ("experiment.py training loop's rate (its median above), and its share", train_rate),
     ]
     out = ["| | " + " | ".join(costs) + " |", "|---|" + "---|" * len(costs)]
     return out + [f"| {label} | " + " | ".join(cell(c, s) for s, c in costs.items()) + " |"

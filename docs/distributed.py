@@ -14,13 +14,14 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `import maml` from docs/
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `import maml` and `experiment` from docs/
 
 import jax
 import numpy as np
 from jax import random
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+import experiment
 import maml
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -47,8 +48,8 @@ if args.coordinator:
 mesh = Mesh(np.array(jax.devices()), axis_names=("tasks",))
 by_task = NamedSharding(mesh, P("tasks"))
 replicated = NamedSharding(mesh, P())
-n_tasks = -(-maml.SETUPS["paper"]["tasks"] // jax.device_count()) * jax.device_count()
-k = maml.SETUPS["paper"]["k"]
+n_tasks = -(-experiment.SETUPS["paper"]["tasks"] // jax.device_count()) * jax.device_count()
+k = experiment.SETUPS["paper"]["k"]
 
 
 def local_rows(sharding, shape):
@@ -64,9 +65,9 @@ opt_state = jax.tree.map(lambda a: jax.make_array_from_process_local_data(replic
                          maml.opt_init(params))
 rows = local_rows(by_task, (n_tasks, k, 1))
 losses = []
-keys = np.asarray(random.split(random.PRNGKey(TASK_SEED), args.steps))  # as maml.train splits them
+keys = np.asarray(random.split(random.PRNGKey(TASK_SEED), args.steps))  # as experiment.train splits them
 for i in range(args.steps):
-    # Each process draws step i's whole meta-batch from the same key (the batch maml.train draws
+    # Each process draws step i's whole meta-batch from the same key (the batch experiment.train draws
     # at step i) and keeps only its own rows. With a real data set, it would load only those rows.
     batch = maml.sample_tasks(keys[i], n_tasks, k)
     global_batch = [jax.make_array_from_process_local_data(by_task, np.asarray(a)[rows], a.shape) for a in batch]

@@ -13,13 +13,14 @@ import os
 import re
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `import maml` from docs/
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `import maml` and `experiment` from docs/
 
 import jax
 import numpy as np
 from jax import random
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+import experiment
 import maml
 
 # The sharded step sums each device's share of the tasks, then all-reduces those partial sums: the
@@ -40,8 +41,8 @@ replicated = NamedSharding(mesh, P())      # a whole copy on every device
 # The paper's 25 tasks, rounded up to a multiple of the device count: a sharded axis is cut into
 # equal blocks, so the task count must divide evenly (device_put raises otherwise).
 n_devices = len(mesh.devices.flat)
-n_tasks = -(-maml.SETUPS["paper"]["tasks"] // n_devices) * n_devices
-x1, y1, x2, y2 = maml.sample_tasks(random.PRNGKey(1), n_tasks, maml.SETUPS["paper"]["k"])
+n_tasks = -(-experiment.SETUPS["paper"]["tasks"] // n_devices) * n_devices
+x1, y1, x2, y2 = maml.sample_tasks(random.PRNGKey(1), n_tasks, experiment.SETUPS["paper"]["k"])
 _, params = maml.net_init(random.PRNGKey(0), (-1, 1))
 opt_state = maml.opt_init(params)
 # -8<- [end:batch]
