@@ -1,6 +1,6 @@
 """The claims that maml.py rests on, each with its tolerance and the reason for it.
 
-Derivatives are checked in float64 (jax.enable_x64) against analytic values and central finite
+Derivatives are checked in float64 (enable_x64) against analytic values and central finite
 differences; float32 is used only where the claim is about what the program does by default.
 """
 import ast
@@ -21,13 +21,18 @@ from jax.tree_util import tree_leaves, tree_map
 
 import maml
 
+try:  # jax.enable_x64 is recent; older jax has only jax.experimental.enable_x64
+    from jax import enable_x64
+except ImportError:
+    from jax.experimental import enable_x64
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture
 def x64():
     """Run a test in float64, so that analytic and finite-difference values can be compared tightly."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         yield
 
 
@@ -58,7 +63,7 @@ def test_derivatives_of_exp_at_1_are_all_e(x64):
     # Exact maths; float64 rounding of exp alone: 1e-15 relative.
     f = jnp.exp
     for n, d in enumerate([grad(f), grad(grad(f)), grad(grad(grad(f)))], start=1):
-        assert d(1.0) == pytest.approx(np.e, rel=1e-15), f"derivative {n}"
+        assert float(d(1.0)) == pytest.approx(np.e, rel=1e-15), f"derivative {n}"
 
 
 def test_derivatives_of_x_squared_at_2_are_4_2_0(x64):
@@ -125,7 +130,7 @@ def test_inner_update_and_maml_loss_match_the_closed_form_of_a_linear_model(line
         want = closed_form(0.7, -0.4, x1[t], y1[t], x2[t], y2[t], ALPHA)
         (w2, b2) = maml.inner_update(params, x1[t], y1[t], ALPHA)
         np.testing.assert_allclose([w2[0, 0], b2[0]], want["adapted"], rtol=1e-12)
-        assert maml.maml_loss(params, x1[t], y1[t], x2[t], y2[t], ALPHA) == pytest.approx(want["loss"], rel=1e-12)
+        assert float(maml.maml_loss(params, x1[t], y1[t], x2[t], y2[t], ALPHA)) == pytest.approx(want["loss"], rel=1e-12)
         gw, gb = grad(maml.maml_loss)(params, x1[t], y1[t], x2[t], y2[t], ALPHA)
         np.testing.assert_allclose([gw[0, 0], gb[0]], want["grad"], rtol=1e-10)
 
@@ -134,7 +139,7 @@ def test_batch_maml_loss_of_a_linear_model_is_the_mean_of_the_closed_forms(linea
     params, (x1, y1, x2, y2) = linear_model
     wants = [closed_form(0.7, -0.4, *(a[t] for a in (x1, y1, x2, y2)), ALPHA) for t in range(len(x1))]
     value, (gw, gb) = jax.value_and_grad(maml.batch_maml_loss)(params, x1, y1, x2, y2, ALPHA)
-    assert value == pytest.approx(np.mean([w["loss"] for w in wants]), rel=1e-12)
+    assert float(value) == pytest.approx(float(np.mean([w["loss"] for w in wants])), rel=1e-12)
     np.testing.assert_allclose([gw[0, 0], gb[0]], np.mean([w["grad"] for w in wants], axis=0), rtol=1e-10)
 
 
@@ -213,7 +218,7 @@ def test_full_maml_gradient_of_the_network_differs_from_first_order(network_and_
 
     full = np.concatenate([np.ravel(a) for a in tree_leaves(grad(maml.batch_maml_loss)(params, *batch, 0.1))])
     first = np.concatenate([np.ravel(a) for a in tree_leaves(grad(batch_fo)(params, *batch))])
-    assert maml.batch_maml_loss(params, *batch, 0.1) == pytest.approx(batch_fo(params, *batch), rel=1e-14)
+    assert float(maml.batch_maml_loss(params, *batch, 0.1)) == pytest.approx(float(batch_fo(params, *batch)), rel=1e-14)
     assert np.linalg.norm(full - first) > 0.01 * np.linalg.norm(full)
 
 
@@ -224,7 +229,7 @@ def test_vmap_over_tasks_equals_a_loop_over_tasks(network_and_tasks):
     params, batch = network_and_tasks
     n = len(batch[0])
     looped = [maml.maml_loss(params, *(a[t] for a in batch), 0.05) for t in range(n)]
-    assert maml.batch_maml_loss(params, *batch, 0.05) == pytest.approx(np.mean(looped), rel=1e-12)
+    assert float(maml.batch_maml_loss(params, *batch, 0.05)) == pytest.approx(float(np.mean(looped)), rel=1e-12)
     looped_grads = [grad(maml.maml_loss)(params, *(a[t] for a in batch), 0.05) for t in range(n)]
     mean_grad = tree_map(lambda *g: sum(g) / n, *looped_grads)
     for a, b in zip(tree_leaves(grad(maml.batch_maml_loss)(params, *batch, 0.05)), tree_leaves(mean_grad)):
@@ -239,7 +244,7 @@ def test_step_under_jit_equals_the_same_update_without_jit(network_and_tasks):
         jitted, loss_jit = maml.step(i, state, *batch, 0.01)
         with jax.disable_jit():
             eager, loss_eager = maml.step(i, state, *batch, 0.01)
-        assert loss_jit == pytest.approx(loss_eager, rel=1e-12)
+        assert float(loss_jit) == pytest.approx(float(loss_eager), rel=1e-12)
         for a, b in zip(tree_leaves(maml.get_params(jitted)), tree_leaves(maml.get_params(eager))):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
         state = jitted
