@@ -7,10 +7,12 @@ import re
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import random
-from jax.tree_util import tree_leaves
+from jax.tree_util import tree_leaves, tree_map
 
 import experiment
 import maml
@@ -33,11 +35,58 @@ def test_the_fused_training_loop_equals_the_copy_paste_loop():
     for i in range(20):
         state, loss = maml.step(i, state, *maml.sample_tasks(keys[i], 25, 10), 0.01)
         losses.append(loss)
-    fused, fused_losses = experiment.train_chunk(maml.opt_init(params), keys, np.arange(20), setup["amp_range"],
-                                           0.01, step_fn=maml.step, n_tasks=25, k=10)
-    np.testing.assert_allclose(fused_losses, losses, rtol=1e-5)
+    one_run = tree_map(lambda a: a[None], maml.opt_init(params))  # a run axis of length 1
+    fused, fused_losses = experiment.train_chunk(one_run, keys[:, None], np.arange(20), setup["amp_range"],
+                                                 0.01, step_fn=maml.step, n_tasks=25, k=10)
+    np.testing.assert_allclose(fused_losses[:, 0], losses, rtol=1e-5)
     for a, b in zip(tree_leaves(maml.get_params(fused)), tree_leaves(maml.get_params(state))):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-6)
+
+
+def test_runs_trained_at_once_equal_runs_trained_one_by_one():
+    """Three runs with their own initialisation and task stream, trained in one train_chunk (vmap over
+    the run axis), end where each run trained alone ends. Same tolerance as above: the vmapped
+    program is compiled differently, so float32 rounding differs, by ~1e-7 a step."""
+    setup = experiment.SETUPS["paper"]
+    inits = [maml.net_init(random.PRNGKey(seed), (-1, 1))[1] for seed in (0, 1, 2)]
+    keys = np.stack([np.asarray(random.split(random.PRNGKey(10 + r), 15)) for r in range(3)], axis=1)
+    run = lambda state, keys: experiment.train_chunk(state, keys, np.arange(15), setup["amp_range"], 0.01,
+                                                     step_fn=maml.step, n_tasks=25, k=10)
+    together, together_losses = run(maml.opt_init(tree_map(lambda *a: jnp.stack(a), *inits)), keys)
+    for r, init in enumerate(inits):
+        alone, alone_losses = run(tree_map(lambda a: a[None], maml.opt_init(init)), keys[:, r:r + 1])
+        np.testing.assert_allclose(together_losses[:, r], alone_losses[:, 0], rtol=1e-5)
+        for a, b in zip(tree_leaves(maml.get_params(together)), tree_leaves(maml.get_params(alone))):
+            np.testing.assert_allclose(a[r], b[0], rtol=1e-5, atol=1e-6)
+
+
+def test_step_keys_give_each_run_the_stream_of_its_own_key():
+    """step_keys splits each run's key once: run r at step i trains on random.split(keys[r], n)[i]."""
+    keys = np.stack([np.asarray(random.PRNGKey(s)) for s in (3, 4)])
+    got = experiment.step_keys(keys, 7)
+    assert got.shape == (7, 2, 2)
+    for r in range(2):
+        np.testing.assert_array_equal(got[:, r], np.asarray(random.split(keys[r], 7)))
+
+
+def test_chunks_cover_every_step_once_in_about_20_chunks_of_at_most_5000():
+    for n in (1, 19, 20, 1000, 70_000, 1_000_003):
+        spans = experiment.chunks(n)
+        assert spans[0][0] == 0 and spans[-1][1] == n and all(a == b for (_, a), (b, _) in zip(spans, spans[1:]))
+        assert max(b - a for a, b in spans) <= 5000 and (len(spans) <= 20 or n > 100_000)
+
+
+def test_the_released_codes_initialisation_has_the_layout_of_net_init_and_its_scale():
+    """code_init: the same tree as net_init's parameters; weights of standard deviation ~0.01
+    truncated at two of them (so |w| <= 0.02), biases zero. The 1,680 weights' standard deviation,
+    for a normal truncated at 2 sigma, is 0.88 x 0.01; sampling error at this count is ~2%: 5% slack."""
+    params = experiment.code_init(random.PRNGKey(0))
+    _, stax_params = maml.net_init(random.PRNGKey(0), (-1, 1))
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(stax_params)
+    assert tree_map(jnp.shape, params) == tree_map(jnp.shape, stax_params)
+    weights = np.concatenate([np.ravel(w) for w, _ in params[::2]])
+    assert np.abs(weights).max() <= 0.02 and all(np.all(b == 0) for _, b in params[::2])
+    assert abs(weights.std() / (0.01 * 0.8796) - 1) < 0.05, weights.std()
 
 
 # ---- the experiment's pieces -------------------------------------------------------------------
@@ -53,6 +102,18 @@ def test_adaptation_curves_start_at_the_unadapted_loss_and_follow_inner_update()
         # float32, compiled differently (scan + vmap against plain calls): 1e-5 relative
         np.testing.assert_allclose(curves[t], [maml.loss(p, x_test, y_test[t]) for p in (params, once, twice)],
                                    rtol=1e-5)
+
+
+def test_t975_is_the_students_t_quantile():
+    """Against standard tables (3 decimals): 1, 4 and 30 degrees of freedom from the table, 40, 60
+    and 120 from the expansion, and the normal's 1.960 far out."""
+    for df, want in ((1, 12.706), (4, 2.776), (30, 2.042), (40, 2.021), (60, 2.000), (120, 1.980), (10**6, 1.960)):
+        assert abs(experiment.t975(df) - want) < 6e-4, (df, experiment.t975(df))
+
+
+def test_between_runs_is_the_mean_and_a_students_t_interval():
+    mean, half = experiment.between_runs([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert mean == 3.0 and half == pytest.approx(2.776 * np.std([1, 2, 3, 4, 5], ddof=1) / np.sqrt(5), rel=1e-12)
 
 
 def test_mean_ci_is_mean_and_1_96_standard_errors():
@@ -130,12 +191,14 @@ def test_cli_writes_valid_pngs_and_the_results_table(short_run):
 
     result, out = short_run
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(out)) == ["adaptation.png", "meta_training_loss.png", "mse_vs_steps.png", "results.txt"]
+    assert sorted(os.listdir(out)) == ["adaptation.png", "meta_training_loss.png", "mse_vs_steps.png", "params.npz",
+                                       "results.txt"]
     for name in ("adaptation.png", "meta_training_loss.png", "mse_vs_steps.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         image = matplotlib.image.imread(out / name)
         assert image.shape[0] > 300 and image.shape[1] > 500 and image.std() > 0.05  # a real picture
-    table = (out / "results.txt").read_text()
+    command, table = (out / "results.txt").read_text().split("\n", 1)
+    assert command == "Command: python experiment.py " + " ".join(SHORT_RUN) + f" --out {out}"
     assert table in result.stdout
     assert len(mse_row(table, 5, "MAML")) == len(mse_row(table, 10, "pretrained")) == 4
     assert "0.67" in table and "2.19" in table  # the paper's numbers beside ours
@@ -148,7 +211,8 @@ def test_cli_same_seed_prints_the_same_numbers(short_run, compile_cache, tmp_pat
     again = run_cli(compile_cache, *SHORT_RUN, "--out", str(tmp_path))
     assert again.returncode == 0, again.stderr
     assert table_lines(again.stdout) == table_lines(first.stdout)
-    assert (tmp_path / "results.txt").read_text() == (first_out / "results.txt").read_text()
+    body = lambda path: path.read_text().split("\n", 1)[1]  # below the command line, which names --out
+    assert body(tmp_path / "results.txt") == body(first_out / "results.txt")
 
 
 BAD_FLAGS = [
@@ -166,20 +230,34 @@ BAD_FLAGS = [
     (["--seed", "-1"], "--seed", "[0, 2**32)"),
     (["--seed", str(2 ** 32)], "--seed", "[0, 2**32)"),
     (["--eval-tasks", "1"], "--eval-tasks", ">= 2"),
-    (["--setup", "nature"], "--setup", "'paper', 'blog'"),
+    (["--setup", "nature"], "--setup", "'paper', 'code', 'blog'"),
+    (["--seeds", "0"], "--seeds", ">= 1"),
+    (["--seed", str(2 ** 32 - 2), "--seeds", "3"], "--seeds", "at most 2"),
     (["--stepz", "10"], "--stepz", "unrecognized"),
 ]
 
 
 @pytest.mark.parametrize("argv,flag,allowed", BAD_FLAGS, ids=[" ".join(a) for a, _, _ in BAD_FLAGS])
-def test_cli_bad_flag_stops_with_one_line_naming_it(argv, flag, allowed, tmp_path, compile_cache):
+def test_bad_flag_stops_with_one_line_naming_it(argv, flag, allowed, tmp_path, capsys):
+    """parse_args, in this process (a fresh interpreter per case would cost seconds each): exit 2,
+    one line on stderr naming the flag and what it accepts, nothing on stdout, --out untouched."""
     (tmp_path / "adaptation.png").write_bytes(b"earlier figure")
-    result = run_cli(compile_cache, *argv, "--out", str(tmp_path), timeout=60)
-    assert result.returncode == 2
-    assert result.stdout == ""  # stopped before any training
-    lines = result.stderr.strip().splitlines()
+    with pytest.raises(SystemExit) as stop:
+        experiment.parse_args([*argv, "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert stop.value.code == 2 and out == ""
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("experiment.py: error:") and flag in lines[0] and allowed in lines[0]
     assert os.listdir(tmp_path) == ["adaptation.png"] and (tmp_path / "adaptation.png").read_bytes() == b"earlier figure"
+
+
+def test_cli_bad_flag_stops_the_program_before_anything_runs(tmp_path, compile_cache):
+    """The same through `python experiment.py`, once: the program prints nothing else and exits 2."""
+    (tmp_path / "adaptation.png").write_bytes(b"earlier figure")
+    result = run_cli(compile_cache, "--seeds", "0", "--out", str(tmp_path), timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == "experiment.py: error: argument --seeds: expected a whole number >= 1, got '0'\n"
+    assert os.listdir(tmp_path) == ["adaptation.png"]
 
 
 def test_cli_unwritable_output_folder_stops_with_one_line(tmp_path, compile_cache):
@@ -193,7 +271,7 @@ def test_cli_unwritable_output_folder_stops_with_one_line(tmp_path, compile_cach
 
 
 @pytest.mark.parametrize("alpha,where", [("1e30", "MAML diverged at step 0"),
-                                         ("1000", "MAML adaptation with step size 1000 diverged")])
+                                         ("1000", "MAML adaptation (run 0, step size 1000) diverged")])
 def test_cli_divergence_stops_and_writes_nothing(alpha, where, tmp_path, compile_cache):
     """An inner step size of 1e30 turns the first meta-loss into NaN; one of 1000 trains to finite
     meta-losses (Adam's steps are bounded) but blows held-out adaptation up to inf. Both stop the run."""
@@ -207,7 +285,7 @@ def test_cli_divergence_stops_and_writes_nothing(alpha, where, tmp_path, compile
 
 def test_report_shows_the_papers_numbers_only_beside_the_papers_setting():
     """The paper's MSEs belong to amplitudes U[0.1, 5]; beside the blog's U[0.1, 0.5] they mislead."""
-    curves = {(name, k): np.ones((3, 11)) for k in experiment.EVAL_KS for name in ("MAML", "pretrained")}
+    curves = {(name, k): np.ones((1, 3, 11)) for k in experiment.EVAL_KS for name in ("MAML", "pretrained")}
     sizes = {key: 0.01 for key in curves}
     assert experiment.report(curves, sizes, 3, paper=True).count("(paper)") == 2
     assert "(paper)" not in experiment.report(curves, sizes, 3, paper=False)
@@ -220,7 +298,7 @@ def test_report_leaves_diverged_tasks_out_of_the_means_and_counts_them():
     mse = np.array([[10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0],
                     [1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0],
                     [1.0, 2.0, 4.0, 8.0, 1e3, 1e9, 1e20, 1e38, np.inf, np.inf, np.inf]])
-    curves = {(name, k): mse for k in experiment.EVAL_KS for name in ("MAML", "pretrained")}
+    curves = {(name, k): mse[None] for k in experiment.EVAL_KS for name in ("MAML", "pretrained")}
     text = experiment.report(curves, {key: 0.01 for key in curves}, 3, paper=False)
     n10 = "%.3f ± %.3f*" % experiment.mean_ci(np.array([5.0, 2.0]))
     assert re.search(rf"^  5  MAML +0\.01 +5\.500 ± \S+\*.* {re.escape(n10)}$", text, re.M)
@@ -233,9 +311,48 @@ def test_report_prints_a_runaway_mean_in_scientific_notation_apart_from_its_neig
     glue its cell to the next one; the mean is computed in float64, where its square fits."""
     mse = np.ones((3, 11), np.float32)
     mse[0, 5:] = 3e32
-    curves = {(name, k): mse for k in experiment.EVAL_KS for name in ("MAML", "pretrained")}
+    curves = {(name, k): mse[None] for k in experiment.EVAL_KS for name in ("MAML", "pretrained")}
     with np.errstate(over="raise"):
         text = experiment.report(curves, {key: 0.01 for key in curves}, 3, paper=False)
     assert re.search(r"^  5  MAML +0\.01 +1\.000 ± 0\.000 +1\.000 ± 0\.000 +1\.00e\+32 ± \S+ +1\.00e\+32 ± \S+$",
                      text, re.M), text
     assert "(worst: 3.00e+32)" in text
+
+
+def test_report_of_several_runs_gives_the_mean_of_run_means_a_t_interval_and_each_run():
+    """Two runs of three tasks: run 0's tasks end at 1, 2, 3 (mean 2), run 1's at 3, 4, inf (mean of
+    the finite ones 3.5, one diverged). The cell is the mean of 2 and 3.5 with the t interval of two
+    runs (12.706 x s / sqrt 2), marked *; the per-run counts and means follow."""
+    mse = np.ones((2, 3, 11))
+    mse[0, :, -1], mse[1, :, -1] = [1.0, 2.0, 3.0], [3.0, 4.0, np.inf]
+    curves = {(name, k): mse for k in experiment.EVAL_KS for name in ("MAML", "pretrained")}
+    sizes = {key: np.array([0.01, 0.02]) for key in curves}
+    text = experiment.report(curves, sizes, 3, paper=False)
+    assert "mean of 2 runs ± 95% between-run interval, Student's t with 1 degrees of freedom" in text
+    half = 12.706 * np.std([2.0, 3.5], ddof=1) / np.sqrt(2)
+    assert re.search(rf"^  5  MAML +0\.01-0\.02 +1\.000 ± 0\.000\* .* 2\.750 ± {half:.3f}\*$", text, re.M), text
+    assert "K =  5, MAML: tasks of 3 that end 10 steps with a higher MSE than they started with, per run: 2, 3; " \
+           "diverged (left out): 0, 1" in text
+    assert "run 1: n = 0: 1.000, n = 1: 1.000, n = 5: 1.000, n = 10: 3.500" in text
+
+
+# ---- sizes beyond memory are refused before anything runs ------------------------------------------
+
+@pytest.mark.parametrize("argv,flags,what", [
+    (["--tasks", "100000000"], "--tasks/--k/--steps/--seeds", "training 1 run(s) of 70,000 steps of 100,000,000 tasks"),
+    (["--k", "10000000"], "--tasks/--k/--steps/--seeds", "with K = 10,000,000"),
+    (["--eval-tasks", "100000000"], "--eval-tasks/--seeds", "on 100,000,000 held-out tasks"),
+], ids=["tasks", "k", "eval-tasks"])
+def test_cli_refuses_a_run_that_cannot_fit_in_memory_before_training(argv, flags, what, tmp_path, compile_cache):
+    """Each of these needs terabytes by XLA's own count (e.g. 3,500 steps x 1e8 tasks x 20 points
+    x 4 arrays in float32 for one training chunk's tasks), far beyond any machine: one line naming
+    the flags, the need and what is available; exit 2; nothing trained (no progress line) or written."""
+    (tmp_path / "results.txt").write_text("earlier results")
+    result = run_cli(compile_cache, *argv, "--out", str(tmp_path), timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"experiment.py: error: argument {flags}: "), lines
+    assert what in lines[0] and re.search(r"needs [\d.]+ TiB \(XLA's count\), more than the [\d.]+ [KMGT]?i?B available",
+                                          lines[0]), lines[0]
+    assert "step " not in result.stdout  # no training step ran
+    assert os.listdir(tmp_path) == ["results.txt"] and (tmp_path / "results.txt").read_text() == "earlier results"

@@ -87,15 +87,19 @@ def maml_setup(name, steps):
 def worker_train(name, steps):
     """experiment.py's own loop: train() as main() calls it; its timer leaves out the first chunk."""
     import experiment
+    import jax
     import maml
     from jax import random
     setup = maml_setup(name, steps)
     k_init, k_maml = random.split(random.PRNGKey(0), 5)[:2]
     _, init = maml.net_init(k_init, (-1, 1))
-    _, losses, per_step = experiment.train(maml.step, init, k_maml, setup, "MAML", log=lambda line: None)
-    timed = steps - -(-steps // 20)
+    compiled = experiment.compile_training(maml.step, init, setup, runs=1)
+    one_run = jax.tree_util.tree_map(lambda a: a[None], init)  # train() takes a run axis
+    _, losses, per_step = experiment.train(compiled, one_run, k_maml[None], setup, "MAML",
+                                           log=lambda line: None)
+    timed = steps - experiment.chunks(steps)[0][1]
     print(f"experiment.train: {1e3 * per_step:.4f} ms/step over {timed} steps; "
-          f"final loss {losses[-1]:.4f}")
+          f"final loss {losses[-1, 0]:.4f}")
 # -8<- [end:train]
 
 
@@ -172,11 +176,12 @@ def worker_costs(name, calls=500, repeats=7):
         lambda s, ib: maml.step(ib[0], s, *ib[1], alpha), state, (steps, batches)))
     first = (steps[:1], jax.tree_util.tree_map(lambda b: b[:1], batches))  # a scan of one step
     chunk = partial(experiment.train_chunk, step_fn=maml.step, n_tasks=T, k=K)
+    one_run = jax.tree_util.tree_map(lambda a: a[None], state)  # train_chunk takes a run axis
     nop, zero = jit(lambda x: x + 1), jnp.zeros(())
     parts = {  # name: (one run, how many steps or products it holds)
         "big_matmul": (lambda: big @ big, 1),
         "layer_matmul": (lambda: layer(x, w), calls),
-        "chunk": (lambda: chunk(state, keys, steps, amp, alpha), calls),
+        "chunk": (lambda: chunk(one_run, keys[:, None], steps, amp, alpha), calls),
         "maths": (lambda: maths(state, steps, batches), calls),
         "presample": (lambda: presample(keys), calls),
         "step_call": (from_python(lambda i: maml.step(i, state, *batch, alpha)), calls),
