@@ -1,0 +1,162 @@
+"""MAML and three of its variants, trained and compared on the paper's sinusoids.
+
+Each variant is a task loss built on maml.py's functions; `make_step` turns it into a training step
+with the signature of maml.step, so experiment.py's own loop trains it: the paper's settings, the
+same initial parameters and task stream for every variant, several runs at once, and the same 600
+held-out tasks. Writes the table the Variations page shows.
+
+    python docs/variants.py                  # 5 runs of each, 70,000 steps: figures/variants.md
+    python docs/variants.py --seeds 2 --steps 300 --eval-tasks 50 --out /tmp/variants.md  # quick
+"""
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import grad, jit, lax, random, vmap
+from jax.tree_util import tree_map
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # maml, experiment
+import experiment  # noqa: E402
+import maml  # noqa: E402
+
+
+# -8<- [start:first_order]
+def fo_inner_update(params, x1, y1, alpha=0.01):
+    grads = grad(maml.loss)(params, x1, y1)
+    grads = lax.stop_gradient(grads)  # a constant, as far as the outer grad sees
+    return tree_map(lambda p, g: p - alpha * g, params, grads)
+
+
+def fo_maml_loss(params, x1, y1, x2, y2, alpha=0.01):
+    return maml.loss(fo_inner_update(params, x1, y1, alpha), x2, y2)
+# -8<- [end:first_order]
+
+
+# -8<- [start:several_steps]
+def maml_loss_steps(params, x1, y1, x2, y2, alpha=0.01, n_steps=1):
+    for _ in range(n_steps):  # a Python loop: unrolled while tracing
+        params = maml.inner_update(params, x1, y1, alpha)
+    return maml.loss(params, x2, y2)
+# -8<- [end:several_steps]
+
+
+# -8<- [start:meta_sgd]
+def meta_sgd_update(params, x1, y1, alphas):
+    """inner_update with one step size per parameter: alphas is a tree shaped like params."""
+    grads = grad(maml.loss)(params, x1, y1)
+    return tree_map(lambda p, a, g: p - a * g, params, alphas, grads)
+
+
+def meta_sgd_loss(meta_params, x1, y1, x2, y2, alpha=None):
+    params, alphas = meta_params  # alpha is unused: the step sizes are learned
+    return maml.loss(meta_sgd_update(params, x1, y1, alphas), x2, y2)
+# -8<- [end:meta_sgd]
+
+
+# -8<- [start:make_step]
+def make_step(task_loss):
+    """maml.step for another task loss: its mean over the meta-batch, differentiated, then Adam."""
+    @jit
+    def step(i, opt_state, x1, y1, x2, y2, alpha=0.01):
+        batch_loss = lambda p: jnp.mean(vmap(task_loss, in_axes=(None, 0, 0, 0, 0, None))(
+            p, x1, y1, x2, y2, alpha))
+        value, grads = jax.value_and_grad(batch_loss)(maml.get_params(opt_state))
+        return maml.opt_update(i, grads, opt_state), value
+    return step
+
+
+# name: (training step, the parameters it trains from theta, how a held-out task adapts)
+VARIANTS = {
+    "MAML": (maml.step, lambda theta, alpha: theta, maml.inner_update),
+    "first-order MAML": (make_step(fo_maml_loss), lambda theta, alpha: theta, maml.inner_update),
+    "MAML with 5 inner steps": (make_step(partial(maml_loss_steps, n_steps=5)),
+                            lambda theta, alpha: theta, maml.inner_update),
+    "Meta-SGD": (make_step(meta_sgd_loss),  # every step size starts at alpha: MAML's first step
+                 lambda theta, alpha: (theta, tree_map(lambda p: jnp.full_like(p, alpha), theta)),
+                 meta_sgd_update),
+}
+# -8<- [end:make_step]
+
+
+def run_variant(name, setup, seeds, seed, test):
+    """Train one variant for `seeds` runs at once; its held-out curves for each K, and its time."""
+    step_fn, start, update = VARIANTS[name]
+    keys = np.stack([np.asarray(random.split(random.PRNGKey(seed + r), 5)) for r in range(seeds)], 1)
+    theta = vmap(experiment.INITS[setup["init"]])(keys[0])  # experiment.py's keys: the same init
+    params = start(theta, setup["alpha"])
+    one = tree_map(lambda a: a[0], params)
+    compiled = experiment.compile_training(step_fn, one, setup, seeds)
+    trained, _, per_step = experiment.train(compiled, params, keys[1], setup, name,
+                                            log=lambda line: None)
+    curves = {}
+    for k in experiment.EVAL_KS:
+        if name == "Meta-SGD":  # adapt theta with the learned step sizes
+            curves[k] = experiment.run_curves(trained[0], test, k, trained[1], update=update)
+        else:
+            curves[k] = experiment.run_curves(trained, test, k,
+                                              np.full(seeds, setup["alpha"], np.float32))
+    return curves, per_step
+
+
+def table(results, seeds, n_tasks, steps):
+    """The markdown table: MSE after 1, 5 and 10 steps, between-run intervals, and time per step."""
+    lines = [f"Held-out MSE on {n_tasks} tasks (the same for every variant) after n steps: mean of "
+             f"{seeds} runs ± 95% between-run interval (Student's t, {seeds - 1} degrees of "
+             f"freedom); {steps:,} meta-training steps of 25 tasks, K = 10, alpha = 0.01.", "",
+             "| variant | K | n = 1 | n = 5 | n = 10 | tasks ending worse, all runs | "
+             "ms per meta-step of all runs |", "|---|---|---|---|---|---|---|"]
+    for name, (curves, per_step) in results.items():
+        for k, mse in curves.items():
+            means = experiment.run_means(mse)
+            cells = ["%s ± %s" % tuple(map(experiment.number, experiment.between_runs(means[:, n])))
+                     for n in (1, 5, 10)]
+            diverged = sum(len(m) - len(experiment.finite_tasks(m)) for m in mse)
+            mark = "*" if diverged else ""
+            worse = sum(int(np.sum(~(m[:, -1] <= m[:, 0]))) for m in mse)
+            lines.append(f"| {name} | {k} | " + " | ".join(c + mark for c in cells)
+                         + f" | {worse} of {len(mse) * n_tasks}"
+                         + (f" ({diverged} diverged, left out: *)" if diverged else "")
+                         + f" | {1e3 * per_step:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=experiment.SETUPS["paper"]["steps"])
+    ap.add_argument("--eval-tasks", type=int, default=600)
+    ap.add_argument("--only", default=",".join(VARIANTS), help="variants to train, comma-separated")
+    ap.add_argument("--out", default="figures/variants.md")
+    args = ap.parse_args()
+    if args.seeds < 2 or args.steps < 1 or args.eval_tasks < 2:
+        ap.error("expected --seeds >= 2, --steps >= 1 and --eval-tasks >= 2")
+    unknown = set(args.only.split(",")) - set(VARIANTS)
+    if unknown:
+        ap.error(f"argument --only: unknown variant(s) {sorted(unknown)}; expected some of {list(VARIANTS)}")
+    setup = dict(experiment.SETUPS["paper"], steps=args.steps)
+    test_key = random.split(random.PRNGKey(args.seed), 5)[4]  # experiment.py's held-out tasks
+    test = experiment.eval_tasks(test_key, args.eval_tasks, max(experiment.EVAL_KS),
+                                 setup["amp_range"])
+    results, t0 = {}, time.perf_counter()
+    for name in args.only.split(","):
+        results[name] = run_variant(name, setup, args.seeds, args.seed, test)
+        print(f"{name}: trained and evaluated, {time.perf_counter() - t0:.0f} s so far", flush=True)
+    command = "python docs/variants.py " + " ".join(sys.argv[1:])
+    text = (f"Measured on {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
+            f"{jax.devices()[0].platform}; "
+            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.\n\n"
+            f"Command: `{command.strip()}`\n\n" + table(results, args.seeds, args.eval_tasks, args.steps))
+    print(text, end="")
+    experiment.write_whole(args.out, lambda f: f.write(text.encode()))
+
+
+if __name__ == "__main__":
+    main()
