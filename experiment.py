@@ -407,6 +407,20 @@ def size(n_bytes):
     return f"{n_bytes / 1024 ** unit:.1f} {['B', 'KiB', 'MiB', 'GiB', 'TiB'][unit]}"
 
 
+def check_tasks_fit(ap, setup, args):
+    """Stop now (exit 2) if one training chunk's tasks alone, which its loop must hold, exceed the
+    available memory. A lower bound, counted before compiling: XLA is not asked to compile shapes
+    that cannot fit (jax 0.4.29's XLA crashes compiling loops over ~1e13 elements)."""
+    size_ = max(b - a for a, b in chunks(setup["steps"]))
+    tasks_bytes = size_ * args.seeds * setup["tasks"] * 4 * setup["k"] * 4  # x1, y1, x2, y2: float32
+    free = available_memory()
+    if tasks_bytes > free:
+        ap.error(f"argument --tasks/--k/--steps/--seeds: training {args.seeds:,} run(s) of "
+                 f"{setup['steps']:,} steps of {setup['tasks']:,} tasks with K = {setup['k']:,} "
+                 f"needs at least {size(tasks_bytes)} (a chunk's tasks alone), more than the "
+                 f"{size(free)} available")
+
+
 def check_memory(ap, setup, args, compiled):
     """Stop now (exit 2, one line naming the flags) if training or evaluation cannot fit in memory:
     XLA's account of every compiled training loop and of the evaluation, and the host's arrays of
@@ -502,6 +516,7 @@ def main(argv=None):
     init = vmap(INITS[setup["init"]])(k_init)
     one = tree_map(lambda a: a[0], init)
     t0 = time.perf_counter()
+    check_tasks_fit(ap, setup, args)
     compiled = {name: compile_training(fn, one, setup, args.seeds)
                 for name, fn in (("MAML", step), ("pretrained", pretrain_step))}
     check_memory(ap, setup, args, [c for loops in compiled.values() for c in loops.values()])

@@ -344,15 +344,16 @@ def test_report_of_several_runs_gives_the_mean_of_run_means_a_t_interval_and_eac
     (["--eval-tasks", "100000000"], "--eval-tasks/--seeds", "on 100,000,000 held-out tasks"),
 ], ids=["tasks", "k", "eval-tasks"])
 def test_cli_refuses_a_run_that_cannot_fit_in_memory_before_training(argv, flags, what, tmp_path, compile_cache):
-    """Each of these needs terabytes by XLA's own count (e.g. 3,500 steps x 1e8 tasks x 20 points
-    x 4 arrays in float32 for one training chunk's tasks), far beyond any machine: one line naming
-    the flags, the need and what is available; exit 2; nothing trained (no progress line) or written."""
+    """Each of these needs terabytes, far beyond any machine: training, by the count of one chunk's
+    tasks (3,500 steps x 1e8 tasks x 40 numbers x 4 bytes), made before compiling; evaluation, by
+    XLA's own count of the compiled programs. One line naming the flags, the need and what is
+    available; exit 2; nothing trained (no progress line) or written."""
     (tmp_path / "results.txt").write_text("earlier results")
     result = run_cli(compile_cache, *argv, "--out", str(tmp_path), timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"experiment.py: error: argument {flags}: "), lines
-    assert what in lines[0] and re.search(r"needs [\d.]+ TiB \(XLA's count\), more than the [\d.]+ [KMGT]?i?B available",
-                                          lines[0]), lines[0]
+    assert what in lines[0] and re.search(r"needs (at least )?[\d.]+ TiB \((XLA's count|a chunk's tasks alone)\), "
+                                          r"more than the [\d.]+ [KMGT]?i?B available", lines[0]), lines[0]
     assert "step " not in result.stdout  # no training step ran
     assert os.listdir(tmp_path) == ["results.txt"] and (tmp_path / "results.txt").read_text() == "earlier results"
