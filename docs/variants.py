@@ -49,7 +49,7 @@ def maml_loss_steps(params, x1, y1, x2, y2, alpha=0.01, n_steps=1):
 
 # -8<- [start:meta_sgd]
 def meta_sgd_update(params, x1, y1, alphas):
-    """inner_update with one step size per parameter: alphas is a tree shaped like params."""
+    """inner_update with a step size per parameter: alphas is a tree shaped like params."""
     grads = grad(maml.loss)(params, x1, y1)
     return tree_map(lambda p, a, g: p - a * g, params, alphas, grads)
 
@@ -62,25 +62,27 @@ def meta_sgd_loss(meta_params, x1, y1, x2, y2, alpha=None):
 
 # -8<- [start:make_step]
 def make_step(task_loss):
-    """maml.step for another task loss: its mean over the meta-batch, differentiated, then Adam."""
+    """maml.step for another task loss: its mean over the meta-batch, its gradient, Adam."""
+    batch = vmap(task_loss, in_axes=(None, 0, 0, 0, 0, None))  # tasks share the parameters
+
     @jit
     def step(i, opt_state, x1, y1, x2, y2, alpha=0.01):
-        batch_loss = lambda p: jnp.mean(vmap(task_loss, in_axes=(None, 0, 0, 0, 0, None))(
-            p, x1, y1, x2, y2, alpha))
+        batch_loss = lambda p: jnp.mean(batch(p, x1, y1, x2, y2, alpha))
         value, grads = jax.value_and_grad(batch_loss)(maml.get_params(opt_state))
         return maml.opt_update(i, grads, opt_state), value
     return step
 
 
-# name: (training step, the parameters it trains from theta, how a held-out task adapts)
+same_theta = lambda theta, alpha: theta  # what a variant trains, starting from theta
+with_alphas = lambda theta, alpha: (theta, tree_map(lambda p: jnp.full_like(p, alpha), theta))
+# name: (training step, what it trains, how a held-out task adapts)
 VARIANTS = {
-    "MAML": (maml.step, lambda theta, alpha: theta, maml.inner_update),
-    "first-order MAML": (make_step(fo_maml_loss), lambda theta, alpha: theta, maml.inner_update),
-    "MAML with 5 inner steps": (make_step(partial(maml_loss_steps, n_steps=5)),
-                            lambda theta, alpha: theta, maml.inner_update),
-    "Meta-SGD": (make_step(meta_sgd_loss),  # every step size starts at alpha: MAML's first step
-                 lambda theta, alpha: (theta, tree_map(lambda p: jnp.full_like(p, alpha), theta)),
-                 meta_sgd_update),
+    "MAML": (maml.step, same_theta, maml.inner_update),
+    "first-order MAML": (make_step(fo_maml_loss), same_theta, maml.inner_update),
+    "MAML with 5 inner steps": (make_step(partial(maml_loss_steps, n_steps=5)), same_theta,
+                                maml.inner_update),
+    # Every step size starts at alpha, so Meta-SGD's first meta-step is MAML's.
+    "Meta-SGD": (make_step(meta_sgd_loss), with_alphas, meta_sgd_update),
 }
 # -8<- [end:make_step]
 
