@@ -40,7 +40,8 @@ def code_init(key):
     normal of standard deviation 0.01 truncated at two standard deviations, every bias zero. The
     same layout as net_init's parameters: (W, b) per Dense layer, () per ReLU."""
     shapes = [(1, 40), (40, 40), (40, 1)]
-    w = [0.01 * random.truncated_normal(k, -2.0, 2.0, s) for k, s in zip(random.split(key, 3), shapes)]
+    keys = random.split(key, len(shapes))
+    w = [0.01 * random.truncated_normal(k, -2.0, 2.0, s) for k, s in zip(keys, shapes)]
     dense = [(wi, jnp.zeros(s[1])) for wi, s in zip(w, shapes)]
     return [dense[0], (), dense[1], (), dense[2]]
 
@@ -66,7 +67,7 @@ def pretrain_step(i, opt_state, x1, y1, x2, y2, alpha=None):
 # -8<- [start:train_chunk]
 @partial(jit, static_argnames=("step_fn", "n_tasks", "k"))
 def train_chunk(opt_state, keys, steps, amp_range, alpha, *, step_fn, n_tasks, k):
-    """Run step_fn once for each step number in `steps`, for every run at once, in one compiled loop.
+    """Run step_fn once for each step number in `steps`, for all runs at once, in one compiled loop.
 
     Every leaf of opt_state has a leading run axis, and keys[i, r] is the key of run r's tasks at
     step steps[i]. Dispatching one small jitted call per meta-step costs more than its maths on a
@@ -259,7 +260,8 @@ def report(curves, step_sizes, n_tasks, paper):
         mark = "*" if any(len(finite_tasks(m)) < len(m) for m in mse) else " "
         cell = (lambda n: mean_ci(finite_tasks(mse[0])[:, n])) if runs == 1 else \
             (lambda n: between_runs(run_means(mse)[:, n]))
-        cells = "".join(f" {'%s ± %s' % tuple(map(number, cell(n))) + mark:>15}" for n in EVAL_STEPS)
+        cells = "".join(f" {'%s ± %s' % tuple(map(number, cell(n))) + mark:>15}"
+                        for n in EVAL_STEPS)
         sizes = sorted(set(np.ravel(step_sizes[name, k]).tolist()))
         size = f"{sizes[0]:g}" if len(sizes) == 1 else f"{sizes[0]:g}-{sizes[-1]:g}"
         lines.append(f"{k:>3}  {name:<11}{size:>10}{cells}")
@@ -279,9 +281,10 @@ def report(curves, step_sizes, n_tasks, paper):
                 lines.append(f"{'':8}{diverged[0]} of them diverged (MSE inf or NaN): "
                              "left out of the row marked *")
             continue
-        lines.append(f"K = {k:>2}, {name}: tasks of {n_tasks} that end {EVAL_STEPS[-1]} steps with a "
-                     f"higher MSE than they started with, per run: {', '.join(map(str, worse))}; "
-                     f"diverged (left out): {', '.join(map(str, diverged))}")
+        counts = lambda values: ", ".join(map(str, values))
+        lines.append(f"K = {k:>2}, {name}: tasks of {n_tasks} that end {EVAL_STEPS[-1]} steps "
+                     f"with a higher MSE than they started with, per run: {counts(worse)}; "
+                     f"diverged (left out): {counts(diverged)}")
         for r, means in enumerate(run_means(mse)):
             lines.append(f"{'':8}run {r}: " + ", ".join(
                 f"n = {n}: {number(means[n])}" for n in EVAL_STEPS))
@@ -371,7 +374,8 @@ def write_figures(out, params, tasks, curves, step_sizes, losses, setup, paper):
     for name, color in (("MAML", "C0"), ("pretrained", "C3")):
         for r in range(runs):
             smooth = np.convolve(losses[name][:, r], np.ones(window) / window, mode="valid")
-            ax.plot(np.arange(len(smooth)) + window, smooth, color=color, lw=1 if runs == 1 else 0.6,
+            ax.plot(np.arange(len(smooth)) + window, smooth, color=color,
+                    lw=1 if runs == 1 else 0.6,
                     label=f"{name} ({window}-step mean{', each run' if runs > 1 else ''})"
                     if r == 0 else None)
     ax.set(yscale="log", xlabel="training step", ylabel="training loss on the meta-batch",
@@ -412,7 +416,8 @@ def check_tasks_fit(ap, setup, args):
     available memory. A lower bound, counted before compiling: XLA is not asked to compile shapes
     that cannot fit (jax 0.4.29's XLA crashes compiling loops over ~1e13 elements)."""
     size_ = max(b - a for a, b in chunks(setup["steps"]))
-    tasks_bytes = size_ * args.seeds * setup["tasks"] * 4 * setup["k"] * 4  # x1, y1, x2, y2: float32
+    # x1, y1, x2, y2 of every task of every run, K numbers each, 4 bytes a float32
+    tasks_bytes = size_ * args.seeds * setup["tasks"] * 4 * setup["k"] * 4
     free = available_memory()
     if tasks_bytes > free:
         ap.error(f"argument --tasks/--k/--steps/--seeds: training {args.seeds:,} run(s) of "
@@ -549,8 +554,8 @@ def main(argv=None):
     table = report(curves, step_sizes, args.eval_tasks, paper)
     print("\n" + table, end="")
     write_figures(args.out, params, test, curves, step_sizes, losses, setup, paper)
-    arrays = {f"{name}/{i}": np.asarray(leaf) for name, p in params.items()  # leaves, run axis first
-              for i, leaf in enumerate(jax.tree_util.tree_leaves(p))}
+    arrays = {f"{name}/{i}": np.asarray(leaf)  # every leaf, with its run axis first
+              for name, p in params.items() for i, leaf in enumerate(jax.tree_util.tree_leaves(p))}
     arrays.update(seed=args.seed, eval_tasks=args.eval_tasks, alpha=setup["alpha"],
                   amp_range=setup["amp_range"], pretrained_step_sizes=np.array(
                       [step_sizes["pretrained", k] for k in EVAL_KS]))  # (K, runs)

@@ -1,4 +1,4 @@
-"""Model-Agnostic Meta-Learning (Finn, Abbeel & Levine, ICML 2017) in JAX, needing only jax and numpy.
+"""Model-Agnostic Meta-Learning (Finn, Abbeel & Levine, ICML 2017) in JAX and NumPy alone.
 
 In the paper's order: model, loss, inner update, MAML objective, batching over tasks, task sampler,
 training step. `python maml.py` meta-trains on the paper's sinusoids and adapts to new ones; the
@@ -96,8 +96,8 @@ def step(i, opt_state, x1, y1, x2, y2, alpha=0.01):
 
 # -8<- [start:main]
 def main(steps=50_000, seed=0):
-    """Meta-train on the paper's task distribution (the paper trains 70,000 steps; 50,000 take half a
-    minute on two CPU cores and come close), then adapt to new tasks with one step."""
+    """Meta-train on the paper's tasks (it trains 70,000 steps; 50,000 take half a minute on
+    two CPU cores), then adapt to new tasks with one step."""
     key_init, key_tasks, key_test = random.split(random.PRNGKey(seed), 3)
     opt_state = opt_init(net_init(key_init, (-1, 1))[1])
     keys = np.asarray(random.split(key_tasks, steps))  # split once, on the host: no per-step call
