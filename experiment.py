@@ -506,6 +506,13 @@ def parse_args(argv=None):
     return args, setup, ap
 
 
+def run_keys(seed, runs):
+    """The five keys of every run: initial parameters, MAML's task stream, the baseline's, the
+    validation tasks and the test tasks, each an array of shape (runs, 2). Run r derives its keys
+    from seed + r, so run 0 is the single run of the same seed."""
+    return np.stack([np.asarray(random.split(random.PRNGKey(seed + r), 5)) for r in range(runs)], 1)
+
+
 def main(argv=None):
     args, setup, ap = parse_args(argv)
     command = shlex.join(["python", "experiment.py", *(sys.argv[1:] if argv is None else argv)])
@@ -514,10 +521,8 @@ def main(argv=None):
     print(f"MAML, {args.setup} setup: {setup['steps']:,} steps of {setup['tasks']} tasks, "
           f"K = {setup['k']}, alpha = {setup['alpha']:g}, amplitude U{list(setup['amp_range'])}; "
           f"{runs}; {jax.devices()[0].platform}")
-    # Run r's keys come from seed + r, so run 0 is the single run of the same seed; every run is
-    # evaluated on run 0's validation and test tasks.
-    k_init, k_maml, k_base, k_val, k_test = np.stack(
-        [np.asarray(random.split(random.PRNGKey(args.seed + r), 5)) for r in range(args.seeds)], 1)
+    # Every run is evaluated on run 0's validation and test tasks.
+    k_init, k_maml, k_base, k_val, k_test = run_keys(args.seed, args.seeds)
     init = vmap(INITS[setup["init"]])(k_init)
     one = tree_map(lambda a: a[0], init)
     t0 = time.perf_counter()

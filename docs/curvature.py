@@ -69,7 +69,7 @@ def load(setup):
 def measure(setup, n_tasks=None):
     """One line of the table for each K: eigenvalues against 2 / alpha, and the tasks that got worse."""
     params, seed, alpha, eval_tasks, amp_range = load(setup)
-    test_key = random.split(random.PRNGKey(seed), 5)[4]  # experiment.py's held-out tasks
+    test_key = experiment.run_keys(seed, 1)[4, 0]  # experiment.py's held-out tasks
     test = experiment.eval_tasks(test_key, eval_tasks, max(experiment.EVAL_KS), amp_range)
     test = tuple(a[:n_tasks] for a in test[:2]) + (test[2], test[3][:n_tasks])
     runs, lines = len(params[0][0]), []

@@ -19,7 +19,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import grad, jit, lax, random, vmap
+from jax import grad, jit, lax, vmap
 from jax.tree_util import tree_map
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # maml, experiment
@@ -90,8 +90,8 @@ VARIANTS = {
 def run_variant(name, setup, seeds, seed, test):
     """Train one variant for `seeds` runs at once; its held-out curves for each K, and its time."""
     step_fn, start, update = VARIANTS[name]
-    keys = np.stack([np.asarray(random.split(random.PRNGKey(seed + r), 5)) for r in range(seeds)], 1)
-    theta = vmap(experiment.INITS[setup["init"]])(keys[0])  # experiment.py's keys: the same init
+    keys = experiment.run_keys(seed, seeds)  # experiment.py's keys: the same init and tasks
+    theta = vmap(experiment.INITS[setup["init"]])(keys[0])
     params = start(theta, setup["alpha"])
     one = tree_map(lambda a: a[0], params)
     compiled = experiment.compile_training(step_fn, one, setup, seeds)
@@ -144,7 +144,7 @@ def main():
     if unknown:
         ap.error(f"argument --only: unknown variant(s) {sorted(unknown)}; expected some of {list(VARIANTS)}")
     setup = dict(experiment.SETUPS["paper"], steps=args.steps)
-    test_key = random.split(random.PRNGKey(args.seed), 5)[4]  # experiment.py's held-out tasks
+    test_key = experiment.run_keys(args.seed, 1)[4, 0]  # experiment.py's held-out tasks
     test = experiment.eval_tasks(test_key, args.eval_tasks, max(experiment.EVAL_KS),
                                  setup["amp_range"])
     results, t0 = {}, time.perf_counter()
