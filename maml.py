@@ -4,6 +4,8 @@ In the paper's order: model, loss, inner update, MAML objective, batching over t
 training step. `python maml.py` meta-trains on the paper's sinusoids and adapts to new ones; the
 paper's whole experiment (baseline, evaluation, figures) is `python experiment.py`.
 """
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,9 +15,8 @@ from jax.example_libraries.stax import Dense, Relu
 from jax.tree_util import tree_map
 
 # -8<- [start:model]
-# The paper's regressor: 1 input, two hidden layers of 40 ReLU units, 1 output.
-# net_init(key, (-1, 1)) returns (output_shape, params);
-# net_apply(params, x) maps inputs of shape (..., 1) to outputs of shape (..., 1).
+# The paper's regressor: 1 input, two hidden layers of 40 ReLU units, 1 output. net_init(key,
+# (-1, 1)) returns (output_shape, params); net_apply(params, x) maps (..., 1) to (..., 1).
 net_init, net_apply = stax.serial(Dense(40), Relu, Dense(40), Relu, Dense(1))
 # -8<- [end:model]
 
@@ -56,22 +57,21 @@ def batch_maml_loss(params, x1, y1, x2, y2, alpha=0.01):
 # -8<- [start:sample_tasks]
 def sample_sinusoids(key, n_tasks, n_points, amp_range=(0.1, 5.0), phase_range=(0.0, jnp.pi),
                      x_range=(-5.0, 5.0)):
-    """n_tasks sinusoids A sin(x + phase), as one function of x, and n_points inputs x for each.
-
-    All of it comes from one uniform draw: a call to the random number generator costs more than
-    the few hundred numbers it returns here, so one call beats one per quantity."""
+    """n_tasks sinusoids A sin(x + phase), as one function of x, and n_points inputs x for each,
+    all from one uniform draw (a call to the generator costs more than the numbers it returns)."""
     u = random.uniform(key, (n_tasks, 2 + n_points, 1))
-    scale = lambda bounds, v: bounds[0] + (bounds[1] - bounds[0]) * v
-    amp, phase = scale(amp_range, u[:, :1]), scale(phase_range, u[:, 1:2])
-    return (lambda x: amp * jnp.sin(x + phase)), scale(x_range, u[:, 2:])
+    (a0, a1), (p0, p1), (x0, x1) = amp_range, phase_range, x_range
+    amp, phase = a0 + (a1 - a0) * u[:, :1], p0 + (p1 - p0) * u[:, 1:2]
+
+    def sinusoid(x):
+        return amp * jnp.sin(x + phase)
+    return sinusoid, x0 + (x1 - x0) * u[:, 2:]
 
 
 def sample_tasks(key, n_tasks, k, amp_range=(0.1, 5.0), phase_range=(0.0, jnp.pi),
                  x_range=(-5.0, 5.0)):
-    """A meta-batch: K support and K query points from each of n_tasks sinusoids.
-
-    Returns x1, y1, x2, y2, each of shape (n_tasks, k, 1). Runs on the device (n_tasks and k
-    fix the shapes, so they are static under jit); the same key gives the same tasks."""
+    """A meta-batch: K support and K query points from each of n_tasks sinusoids, as x1, y1, x2,
+    y2 of shape (n_tasks, k, 1). n_tasks and k fix the shapes, so they are static under jit."""
     sinusoid, x = sample_sinusoids(key, n_tasks, 2 * k, amp_range, phase_range, x_range)
     y = sinusoid(x)
     return x[:, :k], y[:, :k], x[:, k:], y[:, k:]
@@ -101,12 +101,12 @@ def main(steps=50_000, seed=0):
     key_init, key_tasks, key_test = random.split(random.PRNGKey(seed), 3)
     opt_state = opt_init(net_init(key_init, (-1, 1))[1])
     keys = np.asarray(random.split(key_tasks, steps))  # split once, on the host: no per-step call
-    start = np.datetime64("now")  # numpy's clock: whole seconds, and no import beyond numpy
+    start = time.perf_counter()
     for i, key in enumerate(keys):
         opt_state, meta_loss = step(i, opt_state, *sample_tasks(key, 25, 10))
         if (i + 1) % 10_000 == 0 or i + 1 == steps:
             print(f"step {i + 1:>6,}/{steps:,}  meta-loss {float(meta_loss):.3f}  "
-                  f"{(np.datetime64('now') - start).astype(int)} s")
+                  f"{time.perf_counter() - start:.0f} s")
     # 600 new tasks: 5 support points to adapt on, 100 query points to measure the error on.
     x1, y1, x2, y2 = sample_tasks(key_test, 600, 100)
     params, x1, y1 = get_params(opt_state), x1[:, :5], y1[:, :5]
