@@ -2,6 +2,7 @@
 
 The algorithm's own claims (derivatives, batching, the sampler) are in test_maml.py.
 """
+import json
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ from jax.tree_util import tree_leaves, tree_map
 
 import experiment
 import maml
+import report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -104,38 +106,6 @@ def test_adaptation_curves_start_at_the_unadapted_loss_and_follow_inner_update()
                                    rtol=1e-5)
 
 
-def test_t975_is_the_students_t_quantile():
-    """Against standard tables (3 decimals): 1, 4 and 30 degrees of freedom from the table, 40, 60
-    and 120 from the expansion, and the normal's 1.960 far out."""
-    for df, want in ((1, 12.706), (4, 2.776), (30, 2.042), (40, 2.021), (60, 2.000), (120, 1.980), (10**6, 1.960)):
-        assert abs(experiment.t975(df) - want) < 6e-4, (df, experiment.t975(df))
-
-
-def test_between_runs_is_the_mean_and_a_students_t_interval():
-    mean, half = experiment.between_runs([1.0, 2.0, 3.0, 4.0, 5.0])
-    assert mean == 3.0 and half == pytest.approx(2.776 * np.std([1, 2, 3, 4, 5], ddof=1) / np.sqrt(5), rel=1e-12)
-
-
-def test_mean_ci_is_mean_and_1_96_standard_errors():
-    mean, half = experiment.mean_ci(np.array([1.0, 2.0, 3.0, 4.0]))
-    assert mean == 2.5 and half == pytest.approx(1.96 * np.std([1, 2, 3, 4], ddof=1) / 2, rel=1e-15)
-
-
-def test_write_whole_leaves_the_old_file_when_writing_fails(tmp_path):
-    path = tmp_path / "figure.png"
-    path.write_bytes(b"old")
-
-    def broken(f):
-        f.write(b"half a fig")
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError):
-        experiment.write_whole(str(path), broken)
-    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["figure.png"]
-    experiment.write_whole(str(path), lambda f: f.write(b"new"))
-    assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["figure.png"]
-
-
 # ---- the command line --------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
@@ -167,10 +137,9 @@ def short_run(tmp_path_factory, compile_cache):
     return run_cli(compile_cache, *SHORT_RUN, "--out", str(out)), out
 
 
-def mse_row(table, k, name):
-    """The means and CI half-widths of one row of results.txt, for n = 0, 1, 5, 10 steps."""
-    row = re.search(rf"^ *{k}  {name} +\S+((?: +\S+ ± \S+){{4}})$", table, re.M).group(1).split()
-    return [(float(row[i]), float(row[i + 2])) for i in range(0, 12, 3)]
+def cell(results, k, name):
+    """One run's numbers for one model and K, from results.json."""
+    return next(c for c in results["cells"] if c["k"] == k and c["model"] == name)["runs"][0]
 
 
 def test_a_meta_trained_model_adapts_better_than_a_pretrained_one(short_run):
@@ -180,9 +149,10 @@ def test_a_meta_trained_model_adapts_better_than_a_pretrained_one(short_run):
     (K = 10: 1.011 +- 0.142 against 2.354 +- 0.322)."""
     result, out = short_run
     assert result.returncode == 0, result.stderr
-    table = (out / "results.txt").read_text()
+    results = json.loads((out / "results.json").read_text())
     for k in (5, 10):
-        (m, m_ci), (b, b_ci) = mse_row(table, k, "MAML")[1], mse_row(table, k, "pretrained")[1]
+        maml_run, base = cell(results, k, "MAML"), cell(results, k, "pretrained")
+        m, m_ci, b, b_ci = maml_run["mean"][1], maml_run["ci"][1], base["mean"][1], base["ci"][1]
         assert m + m_ci < b - b_ci and m < 0.75 * b, (k, m, m_ci, b, b_ci)
 
 
@@ -192,15 +162,19 @@ def test_cli_writes_valid_pngs_and_the_results_table(short_run):
     result, out = short_run
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(out)) == ["adaptation.png", "meta_training_loss.png", "mse_vs_steps.png", "params.npz",
-                                       "results.txt"]
+                                       "results.json", "results.txt"]
     for name in ("adaptation.png", "meta_training_loss.png", "mse_vs_steps.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         image = matplotlib.image.imread(out / name)
         assert image.shape[0] > 300 and image.shape[1] > 500 and image.std() > 0.05  # a real picture
     command, table = (out / "results.txt").read_text().split("\n", 1)
-    assert command == "Command: python experiment.py " + " ".join(SHORT_RUN) + f" --out {out}"
-    assert table in result.stdout
-    assert len(mse_row(table, 5, "MAML")) == len(mse_row(table, 10, "pretrained")) == 4
+    results = json.loads((out / "results.json").read_text())
+    assert command == "Command: " + results["command"] == "Command: python experiment.py " + " ".join(SHORT_RUN) \
+        + f" --out {out}"
+    assert table in result.stdout and table == report.render(results)  # the table is the data's
+    assert [(c["model"], c["k"]) for c in results["cells"]] == [("MAML", 5), ("pretrained", 5), ("MAML", 10),
+                                                                ("pretrained", 10)]
+    assert results["seeds"] == [0] and results["eval_tasks"] == 200 and results["setup"]["steps"] == 1000
     assert "0.67" in table and "2.19" in table  # the paper's numbers beside ours
     assert re.search(r"MAML: step +1,000/1,000 .* steps/s", result.stdout)  # progress was shown
     assert re.search(r"meta-training: \d+\.\d+ ms per meta-step", result.stdout)
@@ -281,59 +255,6 @@ def test_cli_divergence_stops_and_writes_nothing(alpha, where, tmp_path, compile
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and where in lines[0] and "nothing was written" in lines[0]
     assert os.listdir(tmp_path) == ["results.txt"] and (tmp_path / "results.txt").read_text() == "earlier results"
-
-
-def test_report_shows_the_papers_numbers_only_beside_the_papers_setting():
-    """The paper's MSEs belong to amplitudes U[0.1, 5]; beside the blog's U[0.1, 0.5] they mislead."""
-    curves = {(name, k): np.ones((1, 3, 11)) for k in experiment.EVAL_KS for name in ("MAML", "pretrained")}
-    sizes = {key: 0.01 for key in curves}
-    assert experiment.report(curves, sizes, 3, paper=True).count("(paper)") == 2
-    assert "(paper)" not in experiment.report(curves, sizes, 3, paper=False)
-
-
-def test_report_leaves_diverged_tasks_out_of_the_means_and_counts_them():
-    """Three tasks: one improves (10 -> 5), one gets worse (1 -> 2), one overflows (1 -> inf).
-    The row's means use the two finite tasks and carry a *; the worse count is 2 (inf and the
-    1 -> 2 task), the worst finite one ended at 2, and the diverged one is counted on its own."""
-    mse = np.array([[10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0],
-                    [1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0],
-                    [1.0, 2.0, 4.0, 8.0, 1e3, 1e9, 1e20, 1e38, np.inf, np.inf, np.inf]])
-    curves = {(name, k): mse[None] for k in experiment.EVAL_KS for name in ("MAML", "pretrained")}
-    text = experiment.report(curves, {key: 0.01 for key in curves}, 3, paper=False)
-    n10 = "%.3f ± %.3f*" % experiment.mean_ci(np.array([5.0, 2.0]))
-    assert re.search(rf"^  5  MAML +0\.01 +5\.500 ± \S+\*.* {re.escape(n10)}$", text, re.M)
-    assert "K =  5, MAML: 2 of 3 tasks end 10 steps with a higher MSE than they started with (worst: 2.000)" in text
-    assert text.count("1 of them diverged (MSE inf or NaN): left out of the row marked *") == 4
-
-
-def test_report_prints_a_runaway_mean_in_scientific_notation_apart_from_its_neighbours():
-    """A finite but huge MSE (a task that ran away without overflowing, as seen on a GPU) must not
-    glue its cell to the next one; the mean is computed in float64, where its square fits."""
-    mse = np.ones((3, 11), np.float32)
-    mse[0, 5:] = 3e32
-    curves = {(name, k): mse[None] for k in experiment.EVAL_KS for name in ("MAML", "pretrained")}
-    with np.errstate(over="raise"):
-        text = experiment.report(curves, {key: 0.01 for key in curves}, 3, paper=False)
-    assert re.search(r"^  5  MAML +0\.01 +1\.000 ± 0\.000 +1\.000 ± 0\.000 +1\.00e\+32 ± \S+ +1\.00e\+32 ± \S+$",
-                     text, re.M), text
-    assert "(worst: 3.00e+32)" in text
-
-
-def test_report_of_several_runs_gives_the_mean_of_run_means_a_t_interval_and_each_run():
-    """Two runs of three tasks: run 0's tasks end at 1, 2, 3 (mean 2), run 1's at 3, 4, inf (mean of
-    the finite ones 3.5, one diverged). The cell is the mean of 2 and 3.5 with the t interval of two
-    runs (12.706 x s / sqrt 2), marked *; the per-run counts and means follow."""
-    mse = np.ones((2, 3, 11))
-    mse[0, :, -1], mse[1, :, -1] = [1.0, 2.0, 3.0], [3.0, 4.0, np.inf]
-    curves = {(name, k): mse for k in experiment.EVAL_KS for name in ("MAML", "pretrained")}
-    sizes = {key: np.array([0.01, 0.02]) for key in curves}
-    text = experiment.report(curves, sizes, 3, paper=False)
-    assert "mean of 2 runs ± 95% between-run interval, Student's t with 1 degrees of freedom" in text
-    half = 12.706 * np.std([2.0, 3.5], ddof=1) / np.sqrt(2)
-    assert re.search(rf"^  5  MAML +0\.01-0\.02 +1\.000 ± 0\.000\* .* 2\.750 ± {half:.3f}\*$", text, re.M), text
-    assert "K =  5, MAML: tasks of 3 that end 10 steps with a higher MSE than they started with, per run: 2, 3; " \
-           "diverged (left out): 0, 1" in text
-    assert "run 1: n = 0: 1.000, n = 1: 1.000, n = 5: 1.000, n = 10: 3.500" in text
 
 
 # ---- sizes beyond memory are refused before anything runs ------------------------------------------

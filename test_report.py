@@ -1,0 +1,118 @@
+"""The claims of report.py and memory.py, the machinery experiment.py leans on: statistics over
+tasks and runs, the results as data, the table rendered from that data alone, whole writes, and
+the memory refusal.
+"""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+import report
+
+EVAL_KS = (5, 10)
+PAPER = {"MAML": {1: 0.67, 5: 0.38, 10: 0.35}, "pretrained": {1: 2.41, 5: 2.23, 10: 2.19}}
+
+
+def results_of(mse, sizes=0.01, n_tasks=3, paper=False, seeds=None):
+    """The results data of a made-up run: the same MSE array (runs, tasks, 11) for every model
+    and K, and flat training losses."""
+    mse = np.asarray(mse, np.float32 if np.asarray(mse).dtype == np.float32 else np.float64)
+    runs = len(mse)
+    curves = {(name, k): mse for k in EVAL_KS for name in ("MAML", "pretrained")}
+    return report.results_data(
+        command="python experiment.py", setup_name="paper", setup=dict(tasks=25, k=10),
+        eval_tasks=n_tasks, seeds=seeds or list(range(runs)), eval_steps=[0, 1, 5, 10],
+        paper=PAPER if paper else None, ms_per_step=1.0, curves=curves,
+        step_sizes={key: np.broadcast_to(sizes, (runs,)) for key in curves},
+        losses={name: np.ones((1000, runs)) for name in ("MAML", "pretrained")})
+
+
+def table(*args, **kwargs):
+    return report.render(results_of(*args, **kwargs))
+
+
+def test_t975_is_the_students_t_quantile():
+    """Against standard tables (3 decimals): 1, 4 and 30 degrees of freedom from the table, 40, 60
+    and 120 from the expansion, and the normal's 1.960 far out."""
+    for df, want in ((1, 12.706), (4, 2.776), (30, 2.042), (40, 2.021), (60, 2.000), (120, 1.980), (10**6, 1.960)):
+        assert abs(report.t975(df) - want) < 6e-4, (df, report.t975(df))
+
+
+def test_between_runs_is_the_mean_and_a_students_t_interval():
+    mean, half = report.between_runs([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert mean == 3.0 and half == pytest.approx(2.776 * np.std([1, 2, 3, 4, 5], ddof=1) / np.sqrt(5), rel=1e-12)
+
+
+def test_mean_ci_is_mean_and_1_96_standard_errors():
+    mean, half = report.mean_ci(np.array([1.0, 2.0, 3.0, 4.0]))
+    assert mean == 2.5 and half == pytest.approx(1.96 * np.std([1, 2, 3, 4], ddof=1) / 2, rel=1e-15)
+
+
+def test_write_whole_leaves_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "figure.png"
+    path.write_bytes(b"old")
+
+    def broken(f):
+        f.write(b"half a fig")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        report.write_whole(str(path), broken)
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["figure.png"]
+    report.write_whole(str(path), lambda f: f.write(b"new"))
+    assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["figure.png"]
+
+
+def test_report_shows_the_papers_numbers_only_beside_the_papers_setting():
+    """The paper's MSEs belong to amplitudes U[0.1, 5]; beside the blog's U[0.1, 0.5] they mislead."""
+    assert table(np.ones((1, 3, 11)), paper=True).count("(paper)") == 2
+    assert "(paper)" not in table(np.ones((1, 3, 11)), paper=False)
+
+
+def test_report_leaves_diverged_tasks_out_of_the_means_and_counts_them():
+    """Three tasks: one improves (10 -> 5), one gets worse (1 -> 2), one overflows (1 -> inf).
+    The row's means use the two finite tasks and carry a *; the worse count is 2 (inf and the
+    1 -> 2 task), the worst finite one ended at 2, and the diverged one is counted on its own."""
+    mse = np.array([[10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0],
+                    [1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0],
+                    [1.0, 2.0, 4.0, 8.0, 1e3, 1e9, 1e20, 1e38, np.inf, np.inf, np.inf]])
+    text = table(mse[None])
+    n10 = "%.3f ± %.3f*" % report.mean_ci(np.array([5.0, 2.0]))
+    assert re.search(rf"^  5  MAML +0\.01 +5\.500 ± \S+\*.* {re.escape(n10)}$", text, re.M)
+    assert "K =  5, MAML: 2 of 3 tasks end 10 steps with a higher MSE than they started with (worst: 2.000)" in text
+    assert text.count("1 of them diverged (MSE inf or NaN): left out of the row marked *") == 4
+
+
+def test_a_mean_that_runaway_tasks_dominate_is_replaced_by_the_median_and_said_in_words():
+    """One task of three runs away to 3e32 from step 5 (finite: it ran away without overflowing,
+    as seen on a GPU). Its cells show the median over tasks with a dagger, and a line below says
+    how many tasks ran away and gives the mean, in scientific notation; the mean is computed in
+    float64, where its square fits."""
+    mse = np.ones((3, 11), np.float32)
+    mse[0, 5:] = 3e32
+    with np.errstate(over="raise"):
+        text = table(mse[None])
+    assert re.search(r"^  5  MAML +0\.01 +1\.000 ± 0\.000 +1\.000 ± 0\.000 +median 1\.000† +median 1\.000†$",
+                     text, re.M), text
+    assert "† K = 5, MAML, n = 10: 1 of 3 tasks ran away (MSE over 10x its start) and make up most of the mean, " \
+           "1.00e+32; the cell is the median over tasks" in text
+    assert "(worst: 3.00e+32)" in text
+
+
+def test_report_of_several_runs_gives_the_mean_of_run_means_a_t_interval_and_each_run():
+    """Two runs of three tasks: run 0's tasks end at 1, 2, 3 (mean 2), run 1's at 3, 4, inf (mean of
+    the finite ones 3.5, one diverged). The cell is the mean of 2 and 3.5 with the t interval of two
+    runs (12.706 x s / sqrt 2), marked *; the per-run counts and means follow."""
+    mse = np.ones((2, 3, 11))
+    mse[0, :, -1], mse[1, :, -1] = [1.0, 2.0, 3.0], [3.0, 4.0, np.inf]
+    text = table(mse, sizes=np.array([0.01, 0.02]))
+    assert "mean of 2 runs ± 95% between-run interval, Student's t with 1 degrees of freedom" in text
+    half = 12.706 * np.std([2.0, 3.5], ddof=1) / np.sqrt(2)
+    assert re.search(rf"^  5  MAML +0\.01-0\.02 +1\.000 ± 0\.000\* .* 2\.750 ± {half:.3f}\*$", text, re.M), text
+    assert "K =  5, MAML: tasks of 3 that end 10 steps with a higher MSE than they started with, per run: 2, 3; " \
+           "diverged (left out): 0, 1" in text
+    assert "run 1: n = 0: 1.000, n = 1: 1.000, n = 5: 1.000, n = 10: 3.500" in text
+
+
