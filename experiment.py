@@ -3,14 +3,12 @@
 `python experiment.py` meta-trains MAML and a pretrained baseline, evaluates both on 600 held-out
 tasks beside the paper's table, and writes figures/ (`--help` lists the flags). In order: the
 setups, the baseline, the training loop, the evaluation, and `main`. The machinery it leans on is
-apart: report.py (statistics, results.json, the table, the figures) and memory.py (will it fit).
+apart: report.py (statistics, results.json, the table, the figures) and preflight.py (what
+stops a run before it starts: bad flags, an unwritable folder, a run too big for memory).
 """
-import argparse
 import math
-import os
 import shlex
 import sys
-import tempfile
 import time
 from functools import partial
 
@@ -20,7 +18,7 @@ import numpy as np
 from jax import jit, lax, random, vmap
 from jax.tree_util import tree_leaves, tree_map
 
-import memory
+import preflight
 import report
 from maml import (get_params, inner_update, loss, net_init, opt_init, opt_update, sample_sinusoids,
                   sample_tasks, step)
@@ -77,14 +75,11 @@ def pretrain_step(i, opt_state, x1, y1, x2, y2, alpha=None):
 # -8<- [start:train_chunk]
 @partial(jit, static_argnames=("step_fn", "n_tasks", "k"))
 def train_chunk(opt_state, keys, steps, amp_range, alpha, *, step_fn, n_tasks, k):
-    """Run step_fn once for each step number in `steps`, for all runs at once, in one compiled loop.
-
-    Every leaf of opt_state has a leading run axis, and keys[i, r] is the key of run r's tasks at
-    step steps[i]. Dispatching one small jitted call per meta-step costs more than its maths on a
-    CPU, so the loop runs inside XLA (lax.scan), and the chunk's tasks are drawn up front in one
-    vectorised call. Run r at step i trains on sample_tasks(keys[i, r]): the batches of the plain
-    Python loop `for i ...: opt_state, _ = step(i, opt_state, *sample_tasks(keys[i], n_tasks, k))`.
-    Returns the final state and the losses, of shape (len(steps), runs)."""
+    """step_fn once for each step number in `steps`, for all runs at once, in one compiled loop:
+    the state and losses (len(steps), runs). Every leaf of opt_state has a leading run axis; run r
+    at step i trains on sample_tasks(keys[i, r]), as the plain Python loop would. Dispatching one
+    small jitted call per meta-step costs more than its maths on a CPU, so the loop runs inside
+    XLA (lax.scan), and the chunk's tasks are drawn up front in one vectorised call."""
     one = keys.shape[1] == 1  # one run: the program without a run axis, 10% faster on a CPU
 
     def sample(key):
@@ -133,12 +128,10 @@ def compile_training(step_fn, params, setup, runs):
 
 
 def train(compiled, params, keys, setup, name, log=print):
-    """Train params (every leaf with a leading run axis) for setup["steps"] steps, run r on the task
-    stream of keys[r], with the loops of compile_training; show progress.
-
-    Returns the trained params, the loss of every step and run (steps, runs), and the steady-state
-    seconds per step of all runs together. Stops the program (exit 1) when a loss stops being a
-    finite number."""
+    """Train params (a leading run axis on every leaf) for setup["steps"] steps, run r on the task
+    stream of keys[r], showing progress. Returns the trained params, the loss of every step and
+    run (steps, runs), and the steady-state seconds per step of all runs together. Stops the
+    program (exit 1) when a loss stops being a finite number."""
     n_steps, spans = setup["steps"], chunks(setup["steps"])
     all_keys = step_keys(keys, n_steps)  # run r, step i: sample_tasks(all_keys[i, r], ...)
     every = -(-len(spans) // 20)  # a progress line every `every` chunks: about 20 in all
@@ -175,10 +168,8 @@ def eval_tasks(key, n_tasks, k, amp_range, n_test=100):
 
 @partial(jit, static_argnames=("n_steps", "update"))
 def adaptation_curves(params, x1, y1, x_test, y_test, alpha, n_steps, update=inner_update):
-    """Test MSE of every task after 0, 1, ..., n_steps steps of `update` on its own support set.
-
-    Returns an array of shape (n_tasks, n_steps + 1). `update(params, x1, y1, alpha)` is one
-    adaptation step; a variant of MAML with its own inner update (Meta-SGD) passes it here."""
+    """Test MSE of every task after 0, 1, ..., n_steps steps of `update` on its own support set,
+    shape (n_tasks, n_steps + 1). A variant with its own inner update (Meta-SGD) passes it."""
     def one_task(x1, y1, y_test):
         def body(p, _):
             return update(p, x1, y1, alpha), loss(p, x_test, y_test)
@@ -232,72 +223,9 @@ def evaluate(params, setup, args, keys):
 
 
 # -8<- [start:main]
-def checked(convert, ok, allowed):
-    """An argparse type: convert the text, then accept it only if ok(value)."""
-    def parse(text):
-        try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}")
-        return value
-    return parse
-
-
-def one_line_error(ap):
-    """argparse's error, as one line without the usage (exit 2)."""
-    def error(message):
-        ap.exit(2, f"{ap.prog}: error: {message}\n")
-    return error
-
-
-def defaults(name):
-    return "(" + ", ".join(f"{s} {SETUPS[s][name]:,}" for s in SETUPS) + ")"
-
-
 def parse_args(argv=None):
-    """The flags; a bad value stops the program here with one line naming the flag (exit 2)."""
-    count = checked(int, lambda v: v >= 1, "a whole number >= 1")
-    ap = argparse.ArgumentParser(prog="experiment.py",
-                                 description="MAML on the sinusoid regression of Finn et al. 2017.")
-    ap.error = one_line_error(ap)
-    ap.add_argument("--setup", choices=SETUPS, default="paper",
-                    help="the paper's text, the authors' released code, or the 2019 blog")
-    for flag, metavar, what in (("steps", "N", "meta-training steps, and the baseline's"),
-                                ("tasks", "N", "tasks per meta-batch"),
-                                ("k", "K", "support and query points per task")):
-        ap.add_argument(f"--{flag}", type=count, metavar=metavar, help=f"{what} {defaults(flag)}")
-    ap.add_argument("--alpha", type=checked(float, lambda v: 0 < v < math.inf, "a number > 0"),
-                    metavar="A", help="inner step size " + defaults("alpha"))
-    ap.add_argument("--seed", default=0,
-                    type=checked(int, lambda v: 0 <= v < 2**32, "a whole number in [0, 2**32)"),
-                    metavar="S", help="seed of run 0; run r uses seed S + r (0)")
-    ap.add_argument("--seeds", type=count, default=1, metavar="N",
-                    help="independent runs, trained together as one computation (1)")
-    ap.add_argument("--eval-tasks", type=checked(int, lambda v: v >= 2, "a whole number >= 2"),
-                    default=600, metavar="N", help="held-out tasks to evaluate on (600)")
-    ap.add_argument("--out", default="figures", metavar="DIR", help="folder for the figures, "
-                    "results.json, results.txt and params.npz (figures)")
-    args = ap.parse_args(argv)
-    check_args(ap, args)
-    setup = dict(SETUPS[args.setup])
-    setup.update({name: getattr(args, name) for name in ("steps", "tasks", "k", "alpha")
-                  if getattr(args, name) is not None})
-    return args, setup, ap
-
-
-def check_args(ap, args):
-    """What no single flag's type can check: the last seed, and that --out can be written (now,
-    not after training)."""
-    if args.seed + args.seeds > 2**32:
-        ap.error(f"argument --seeds: run r uses seed {args.seed} + r, which must stay below 2**32; "
-                 f"expected at most {2**32 - args.seed}, got {args.seeds}")
-    try:
-        os.makedirs(args.out, exist_ok=True)
-        tempfile.TemporaryFile(dir=args.out).close()
-    except OSError as e:
-        ap.error(f"argument --out: cannot write figures to {args.out!r} ({e.strerror})")
+    """The flags and the setup they choose; preflight.py defines them and stops a bad value."""
+    return preflight.parse_args(argv, SETUPS)
 
 
 def run_keys(seed, runs):
@@ -309,15 +237,36 @@ def run_keys(seed, runs):
 
 def compile_evaluation(setup, args):
     """The evaluation's programs (drawing the held-out tasks, adapting every run to them),
-    compiled for their shapes, so memory.py can read XLA's count before anything runs."""
+    compiled for their shapes, so that XLA's count of their memory is known before they run."""
     key, runs = random.PRNGKey(0), args.seeds
-    draw = partial(eval_tasks, n_tasks=args.eval_tasks, k=max(EVAL_KS), amp_range=setup["amp_range"])
+    draw = partial(eval_tasks, n_tasks=args.eval_tasks, k=max(EVAL_KS),
+                   amp_range=setup["amp_range"])
     params = tree_map(lambda a: jax.ShapeDtypeStruct((runs, *a.shape), a.dtype),
                       INITS[setup["init"]](key))
     curves = vmap(partial(adaptation_curves, n_steps=max(EVAL_STEPS)),
                   in_axes=(0, None, None, None, None, 0))
     return [jit(draw).lower(key).compile(), jit(curves).lower(
         params, *jax.eval_shape(draw, key), jax.ShapeDtypeStruct((runs,), jnp.float32)).compile()]
+
+
+def train_both(ap, args, setup, init, streams):
+    """Compile both training loops and the evaluation, stop if they cannot fit in memory, then
+    train MAML and the baseline, each on its own task stream (streams: their keys per run)."""
+    t0, sizes = time.perf_counter(), (args.seeds, setup["steps"], setup["tasks"], setup["k"])
+    preflight.check_tasks(ap.error, *sizes, max(b - a for a, b in chunks(setup["steps"])))
+    compiled = {name: compile_training(fn, tree_map(lambda a: a[0], init), setup, args.seeds)
+                for name, fn in (("MAML", step), ("pretrained", pretrain_step))}
+    preflight.check_compiled(ap.error, *sizes, args.eval_tasks, [
+        c for loops in compiled.values() for c in loops.values()], compile_evaluation(setup, args))
+    print(f"compiled in {time.perf_counter() - t0:.1f} s; memory checked")
+    params, losses, per_step = {}, {}, {}
+    for name, keys in zip(compiled, streams):
+        params[name], losses[name], per_step[name] = train(compiled[name], init, keys, setup, name)
+    ms = 1e3 * per_step["MAML"]
+    print(f"meta-training: {ms:.3f} ms per meta-step" + (
+        f" of {args.seeds} runs, {ms / args.seeds:.3f} ms per run-step" if args.seeds > 1 else "")
+        + " (steady state: compile and first chunk excluded)")
+    return params, losses, ms
 
 
 def main(argv=None):
@@ -328,30 +277,16 @@ def main(argv=None):
           f"K = {setup['k']}, alpha = {setup['alpha']:g}, amplitude U{list(setup['amp_range'])}; "
           f"{runs}; {jax.devices()[0].platform}")
     k_init, k_maml, k_base, k_val, k_test = run_keys(args.seed, args.seeds)
-    init = vmap(INITS[setup["init"]])(k_init)
-    t0 = time.perf_counter()
-    sizes = (args.seeds, setup["steps"], setup["tasks"], setup["k"])
-    memory.check_tasks(ap.error, *sizes, max(b - a for a, b in chunks(setup["steps"])))
-    compiled = {name: compile_training(fn, tree_map(lambda a: a[0], init), setup, args.seeds)
-                for name, fn in (("MAML", step), ("pretrained", pretrain_step))}
-    memory.check_compiled(ap.error, *sizes, args.eval_tasks, [c for loops in compiled.values()
-                          for c in loops.values()], compile_evaluation(setup, args))
-    print(f"compiled in {time.perf_counter() - t0:.1f} s; memory checked")
-    params, losses = {}, {}
-    params["MAML"], losses["MAML"], per_step = train(compiled["MAML"], init, k_maml, setup, "MAML")
-    params["pretrained"], losses["pretrained"], _ = train(compiled["pretrained"], init, k_base,
-                                                          setup, "pretrained")
-    print(f"meta-training: {1e3 * per_step:.3f} ms per meta-step"
-          + (f" of {args.seeds} runs, {1e3 * per_step / args.seeds:.3f} ms per run-step"
-             if args.seeds > 1 else "") + " (steady state: compile and first chunk excluded)")
+    params, losses, ms = train_both(ap, args, setup, vmap(INITS[setup["init"]])(k_init),
+                                    (k_maml, k_base))
     test, curves, step_sizes = evaluate(params, setup, args, (k_val[0], k_test[0]))
-    command = shlex.join(["python", "experiment.py", *(sys.argv[1:] if argv is None else argv)])
     paper = setup["amp_range"] == SETUPS["paper"]["amp_range"]  # the paper's tasks, its numbers
     results = report.results_data(
-        command=command, setup_name=args.setup, setup=setup, eval_tasks=args.eval_tasks,
-        seeds=list(range(args.seed, args.seed + args.seeds)), eval_steps=EVAL_STEPS,
-        paper=PAPER_MSE_K5 if paper else None, curves=curves, step_sizes=step_sizes,
-        losses=losses, ms_per_step=1e3 * per_step)
+        command=shlex.join(["python", "experiment.py", *(sys.argv[1:] if argv is None else argv)]),
+        setup_name=args.setup, setup=setup, eval_tasks=args.eval_tasks, eval_steps=EVAL_STEPS,
+        seeds=list(range(args.seed, args.seed + args.seeds)),
+        paper=PAPER_MSE_K5 if paper else None,
+        curves=curves, step_sizes=step_sizes, losses=losses, ms_per_step=ms)
     table = report.write_run(args.out, params, test, results, losses)
     print("\n" + table.split("\n", 1)[1], end="")
     print(f"figures, params.npz, results.json and results.txt written to {args.out}/")

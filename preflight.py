@@ -1,0 +1,148 @@
+"""What stops a run of experiment.py before it starts: a flag's bad value, an output folder that
+cannot be written, a run too big for memory (by XLA's own count of the compiled programs, against
+what the device has). Each stops the program within seconds with one line naming the flag (exit
+2), instead of failing after an hour of training, and before anything is written.
+"""
+import argparse
+import math
+import os
+import tempfile
+
+
+def checked(convert, ok, allowed):
+    """An argparse type: convert the text, then accept it only if ok(value)."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}")
+        return value
+    return parse
+
+
+def one_line_error(ap):
+    """argparse's error, as one line without the usage (exit 2)."""
+    def error(message):
+        ap.exit(2, f"{ap.prog}: error: {message}\n")
+    return error
+
+
+def check_args(ap, args):
+    """What no single flag's type can check: the last seed, and that --out can be written (now,
+    not after training)."""
+    if args.seed + args.seeds > 2**32:
+        ap.error(f"argument --seeds: run r uses seed {args.seed} + r, which must stay below 2**32; "
+                 f"expected at most {2**32 - args.seed}, got {args.seeds}")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        tempfile.TemporaryFile(dir=args.out).close()
+    except OSError as e:
+        ap.error(f"argument --out: cannot write figures to {args.out!r} ({e.strerror})")
+
+
+
+
+
+def defaults(setups, name):
+    """The setups' values of a flag, for its help: (paper 70,000, code 70,000, blog 20,000)."""
+    return "(" + ", ".join(f"{s} {setups[s][name]:,}" for s in setups) + ")"
+
+
+def parse_args(argv, setups):
+    """experiment.py's flags, and the setup they choose: one of `setups`, with the values the
+    flags override. A bad value stops the program here with one line naming the flag (exit 2)."""
+    count = checked(int, lambda v: v >= 1, "a whole number >= 1")
+    ap = argparse.ArgumentParser(prog="experiment.py",
+                                 description="MAML on the sinusoid regression of Finn et al. 2017.")
+    ap.error = one_line_error(ap)
+    ap.add_argument("--setup", choices=setups, default="paper",
+                    help="the paper's text, the authors' released code, or the 2019 blog")
+    for flag, metavar, what in (("steps", "N", "meta-training steps, and the baseline's"),
+                                ("tasks", "N", "tasks per meta-batch"),
+                                ("k", "K", "support and query points per task")):
+        ap.add_argument(f"--{flag}", type=count, metavar=metavar,
+                        help=f"{what} {defaults(setups, flag)}")
+    ap.add_argument("--alpha", type=checked(float, lambda v: 0 < v < math.inf, "a number > 0"),
+                    metavar="A", help="inner step size " + defaults(setups, "alpha"))
+    ap.add_argument("--seed", default=0, metavar="S",
+                    type=checked(int, lambda v: 0 <= v < 2**32, "a whole number in [0, 2**32)"),
+                    help="seed of run 0; run r uses seed S + r (0)")
+    ap.add_argument("--seeds", type=count, default=1, metavar="N",
+                    help="independent runs, trained together as one computation (1)")
+    ap.add_argument("--eval-tasks", type=checked(int, lambda v: v >= 2, "a whole number >= 2"),
+                    default=600, metavar="N", help="held-out tasks to evaluate on (600)")
+    ap.add_argument("--out", default="figures", metavar="DIR", help="folder for the figures, "
+                    "results.json, results.txt and params.npz (figures)")
+    args = ap.parse_args(argv)
+    check_args(ap, args)
+    setup = dict(setups[args.setup])
+    setup.update({name: getattr(args, name) for name in ("steps", "tasks", "k", "alpha")
+                  if getattr(args, name) is not None})
+    return args, setup, ap
+
+
+def available():
+    """Bytes the default device can still take: what the accelerator reports, or on the CPU the
+    operating system's count of available memory (free memory plus caches it can drop)."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    try:
+        with open("/proc/meminfo") as f:
+            return 1024 * int(next(ln for ln in f if ln.startswith("MemAvailable:")).split()[1])
+    except (OSError, StopIteration):  # not Linux: the free pages
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def needs(compiled):
+    """The bytes one call of a compiled computation holds at its peak, by XLA's own account:
+    its arguments, its outputs and its temporaries."""
+    m = compiled.memory_analysis()
+    return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+
+
+def readable(n_bytes):
+    """1536 -> '1.5 KiB'."""
+    unit = max(u for u in range(5) if n_bytes >= 1024 ** u or u == 0)
+    return f"{n_bytes / 1024 ** unit:.1f} {['B', 'KiB', 'MiB', 'GiB', 'TiB'][unit]}"
+
+
+def refuse_if_over(error, flags, what, need, counted, lower_bound=False):
+    """Call error (argparse's: one line, exit 2) if `need` bytes exceed what is available now.
+    `what` says what needs them, `counted` how they were counted; a lower bound says "at least"."""
+    free = available()
+    if need > free:
+        error(f"argument {flags}: {what} needs {'at least ' * lower_bound}{readable(need)} "
+              f"({counted}), more than the {readable(free)} available")
+
+
+TRAINING_FLAGS = "--tasks/--k/--steps/--seeds"
+
+
+def training(runs, steps, tasks, k):
+    return f"training {runs:,} run(s) of {steps:,} steps of {tasks:,} tasks with K = {k:,}"
+
+
+def check_tasks(error, runs, steps, tasks, k, longest_chunk):
+    """Stop now (exit 2) if one training chunk's tasks alone, which its loop must hold, exceed the
+    available memory. A lower bound, counted before compiling: XLA is not asked to compile shapes
+    that cannot fit (jax 0.4.29's XLA crashes compiling loops over ~1e13 elements)."""
+    # x1, y1, x2, y2 of every task of every run, K numbers each, 4 bytes a float32
+    need = longest_chunk * runs * tasks * 4 * k * 4
+    refuse_if_over(error, TRAINING_FLAGS, training(runs, steps, tasks, k), need,
+                   "a chunk's tasks alone", lower_bound=True)
+
+
+def check_compiled(error, runs, steps, tasks, k, eval_tasks, train_loops, evaluation):
+    """Stop now (exit 2, one line naming the flags) if training or evaluation cannot fit: XLA's
+    count of every compiled training loop (the largest) and of the evaluation's programs (all at
+    once), and the host's arrays of keys and losses. Nothing has run yet."""
+    host = runs * steps * (8 + 2 * 4)  # each step's key, and two losses, per run
+    refuse_if_over(error, TRAINING_FLAGS, training(runs, steps, tasks, k),
+                   max(needs(c) for c in train_loops) + host, "XLA's count")
+    refuse_if_over(error, "--eval-tasks/--seeds", f"evaluating {runs:,} run(s) on {eval_tasks:,} "
+                   "held-out tasks", sum(needs(c) for c in evaluation), "XLA's count")
