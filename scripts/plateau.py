@@ -1,0 +1,190 @@
+"""Why some runs end far from the paper: the plateau where MAML's training starts, measured.
+
+Every run's training loss starts on a plateau and, at some step, falls below half its start (it
+"leaves the plateau"; report.training_numbers). This program reads that step for every run of the
+committed twenty-run results (figures/code, figures/paper), beside the run's K = 5 MSE, and then
+  1. trains the slow runs again, MAML alone, for twice the steps: the first 70,000 on exactly the
+     task stream experiment.py gave them, 70,000 more on a second stream of the same key; their
+     K = 5 MSE at 70,000 and at 140,000 steps says whether they catch up;
+  2. fills the 2 x 2 of initialisation (stax's, the released code's) by inner step size (0.01,
+     0.001): the two cells the setups do not cover are trained here, MAML alone, 10 runs each.
+Writes figures/plateau.json, and figures/plateau.md rendered from it.
+
+    python -m scripts.plateau          # about 40 minutes on two CPU cores
+    python -m scripts.plateau --quick  # a few hundred steps on a few tasks: a smoke run
+"""
+import argparse
+import os
+
+import numpy as np
+from jax import random, vmap
+from jax.tree_util import tree_map
+
+import experiment
+import maml
+import report
+
+SLOW = 5_000  # a run is slow if its training loss leaves the plateau after this step, or never
+GRID = {("stax", 0.01): "paper", ("code", 0.001): "code",  # covered by the twenty-run results
+        ("stax", 0.001): None, ("code", 0.01): None}  # trained here
+
+
+def committed_runs(results):
+    """Per run of a results.json: its seed, when MAML's and the baseline's training left the
+    plateau, and MAML's K = 5 held-out MSE (the run's mean) after 1, 5 and 10 steps."""
+    cell = next(c for c in results["cells"] if c["model"] == "MAML" and c["k"] == 5)
+    return [dict(seed=seed, maml_leaves=results["training"]["MAML"]["leaves_plateau"][r],
+                 baseline_leaves=results["training"]["pretrained"]["leaves_plateau"][r],
+                 k5={n: run["mean"][n] for n in (1, 5, 10)})
+            for r, (seed, run) in enumerate(zip(results["seeds"], cell["runs"]))]
+
+
+def is_slow(leaves):
+    return leaves is None or leaves > SLOW
+
+
+def k5_means(params, setup, test_seed, n_tasks):
+    """Each run's mean K = 5 MSE after 1, 5 and 10 steps, on the held-out tasks experiment.py
+    evaluates a run of seed test_seed on (its test key), adapting with the setup's alpha."""
+    test = experiment.eval_tasks(experiment.run_keys(test_seed, 1)[4, 0], n_tasks,
+                                 max(experiment.EVAL_KS), setup["amp_range"])
+    runs = len(params[0][0])
+    mse = experiment.run_curves(params, test, 5, np.full(runs, setup["alpha"], np.float32))
+    return [{n: report.run_numbers(m)["mean"][n] for n in (1, 5, 10)} for m in mse]
+
+
+def train_maml(setup, seeds, blocks, test_seed=0, n_tasks=600):
+    """MAML alone for the runs of `seeds` at once, `blocks` times setup["steps"] steps: block 0 on
+    each run's own stream, exactly as experiment.py draws it; block b > 0 on the stream of
+    fold_in(key, b). Returns per block each run's K = 5 means, and the training numbers."""
+    keys = np.stack([experiment.run_keys(s, 1)[:, 0] for s in seeds], axis=1)  # (5, runs, 2)
+    params = vmap(experiment.INITS[setup["init"]])(keys[0])
+    compiled = experiment.compile_training(maml.step, tree_map(lambda a: a[0], params), setup,
+                                           len(seeds))
+    state, losses, after = vmap(maml.opt_init)(params), [], []
+    for b in range(blocks):
+        stream = keys[1] if b == 0 else np.asarray(vmap(random.fold_in, (0, None))(keys[1], b))
+        step_keys, offset = experiment.step_keys(stream, setup["steps"]), b * setup["steps"]
+        for a, z in experiment.chunks(setup["steps"]):
+            state, chunk = compiled[z - a](state, step_keys[a:z], np.arange(
+                offset + a, offset + z, dtype=np.int32), setup["amp_range"], setup["alpha"])
+            losses.append(np.asarray(chunk))
+        after.append(k5_means(maml.get_params(state), setup, test_seed, n_tasks))
+        print(f"  block {b + 1}/{blocks} of seeds {seeds}: K = 5 after 10 steps "
+              + ", ".join(f"{m[10]:.3f}" for m in after[-1]), flush=True)
+    return after, report.training_numbers(np.concatenate(losses))
+
+
+def catch_up(name, runs, setup, args):
+    """The slow runs of one setting, trained again for twice the steps."""
+    slow = [r["seed"] for r in runs if is_slow(r["maml_leaves"])]
+    if not slow:
+        return dict(seeds=[], at_70k=[], at_140k=[], leaves_plateau=[])
+    print(f"{name}: slow seeds {slow}, trained again for {2 * setup['steps']:,} steps", flush=True)
+    after, training = train_maml(setup, slow, 2, n_tasks=args.eval_tasks)
+    return dict(seeds=slow, at_70k=after[0], at_140k=after[1],
+                leaves_plateau=training["leaves_plateau"])
+
+
+def grid_cell(init, alpha, committed, args):
+    """One cell of initialisation by inner step size: each run's plateau step and K = 5 means."""
+    if GRID[init, alpha]:  # a setup's own cell: its twenty runs
+        runs = committed[GRID[init, alpha]]
+        return dict(source=f"figures/{GRID[init, alpha]}/results.json", seeds=[r["seed"] for r in runs],
+                    leaves_plateau=[r["maml_leaves"] for r in runs], k5=[r["k5"] for r in runs])
+    base = "paper" if init == "stax" else "code"
+    setup = dict(experiment.SETUPS[base], alpha=alpha, steps=args.steps or
+                 experiment.SETUPS[base]["steps"])
+    seeds = list(range(args.grid_runs))
+    print(f"cell {init} x {alpha}: {len(seeds)} runs of MAML", flush=True)
+    after, training = train_maml(setup, seeds, 1, n_tasks=args.eval_tasks)
+    return dict(source=f"trained here: --setup {base} --alpha {alpha}, MAML alone", seeds=seeds,
+                leaves_plateau=training["leaves_plateau"], k5=after[0])
+
+
+def measure(args):
+    committed = {name: committed_runs(report.read_json(os.path.join(args.figures, name,
+                                                                      "results.json")))
+                 for name in ("code", "paper")}
+    setups = {name: dict(experiment.SETUPS[name], steps=args.steps or
+                         experiment.SETUPS[name]["steps"]) for name in committed}
+    return dict(command="python -m scripts.plateau" + (" --quick" if args.quick else ""),
+                slow_after=SLOW, window=report.PLATEAU_WINDOW, committed=committed,
+                catch_up={name: catch_up(name, runs, setups[name], args)
+                          for name, runs in committed.items()},
+                grid=[dict(init=init, alpha=alpha, **grid_cell(init, alpha, committed, args))
+                      for init, alpha in GRID])
+
+
+def steps_text(leaves):
+    return "never" if leaves is None else f"{leaves:,}"
+
+
+def runs_table(data):
+    lines = ["| setting | seed | MAML leaves the plateau at step | MAML, K = 5, after 10 steps "
+             "| baseline leaves the plateau at step |", "|---|---|---|---|---|"]
+    for name, runs in data["committed"].items():
+        lines += [f"| `{name}` | {r['seed']} | {steps_text(r['maml_leaves'])} | "
+                  f"{report.number(r['k5']['10'])} | {steps_text(r['baseline_leaves'])} |"
+                  for r in runs]
+    return lines
+
+
+def catch_up_table(data):
+    lines = ["| setting | seed | leaves the plateau at step (twenty-run result; again) "
+             "| K = 5, 10 steps, after 70,000 steps (twenty-run result; again) "
+             "| after 140,000 steps |", "|---|---|---|---|---|"]
+    for name, c in data["catch_up"].items():
+        first = {r["seed"]: r for r in data["committed"][name]}
+        for i, seed in enumerate(c["seeds"]):
+            lines.append(f"| `{name}` | {seed} | {steps_text(first[seed]['maml_leaves'])}; "
+                         f"{steps_text(c['leaves_plateau'][i])} | "
+                         f"{report.number(first[seed]['k5']['10'])}; "
+                         f"{report.number(c['at_70k'][i]['10'])} | "
+                         f"{report.number(c['at_140k'][i]['10'])} |")
+    return lines
+
+
+def grid_table(data):
+    lines = ["| initialisation | inner step | runs | slow runs | K = 5 after 1 step | 5 steps "
+             "| 10 steps |", "|---|---|---|---|---|---|---|"]
+    for cell in data["grid"]:
+        slow = sum(is_slow(s) for s in cell["leaves_plateau"])
+        stats = []
+        for n in ("1", "5", "10"):
+            v = np.array([m[n] for m in cell["k5"]])
+            stats.append(f"{report.number(v.mean())}, median {report.number(np.median(v))} "
+                         f"[{report.number(v.min())}, {report.number(v.max())}]")
+        lines.append(f"| {cell['init']} | {cell['alpha']:g} | {len(cell['seeds'])} | "
+                     f"{slow} of {len(cell['seeds'])} | " + " | ".join(stats) + " |")
+    return lines
+
+
+def render(data):
+    """figures/plateau.md, from the data alone."""
+    return "\n".join(
+        [f"A run leaves the plateau at the first step whose {data['window']}-step mean training "
+         f"loss is below half that of its first {data['window']} steps; a run is slow if that "
+         f"comes after step {data['slow_after']:,}, or never. Made by `{data['command']}`.", "",
+         "**The 2 x 2: initialisation by inner step size** (MAML's K = 5 held-out MSE: mean over "
+         "runs, median [lowest, highest])", "", *grid_table(data), "",
+         "**The slow runs, given twice the steps**", "", *catch_up_table(data), "",
+         "**Every run**", "", *runs_table(data)]) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="300 steps, 2 runs a cell, 50 tasks")
+    ap.add_argument("--figures", default="figures", help="where the committed results are")
+    ap.add_argument("--out", default="figures", help="where plateau.json and .md go")
+    args = ap.parse_args()
+    args.steps, args.grid_runs, args.eval_tasks = (300, 2, 50) if args.quick else (None, 10, 600)
+    data = report.plain(measure(args))
+    report.write_json(os.path.join(args.out, "plateau.json"), data)
+    text = render(data)
+    report.write_whole(os.path.join(args.out, "plateau.md"), lambda f: f.write(text.encode()))
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    main()
