@@ -1,11 +1,8 @@
-"""The sinusoid regression experiment of the MAML paper (section 5.1, appendix C), on maml.py.
-
+"""The sinusoid regression experiment of the MAML paper (section 5.1, appendix C), on maml.py:
 `python experiment.py` meta-trains MAML and a pretrained baseline, evaluates both on 600 held-out
-tasks beside the paper's table, and writes figures/ (`--help` lists the flags). In order: the
-setups, the baseline, the training loop, the evaluation, and `main`. The machinery it leans on is
-apart: report.py (statistics, results.json, the table, the figures) and preflight.py (what
-stops a run before it starts: bad flags, an unwritable folder, a run too big for memory).
-"""
+tasks beside the paper's table, and writes figures/. In order: the setups, the baseline, the
+training loop, the evaluation, and main; report.py (statistics, results.json, table, figures) and
+preflight.py (bad flags, an unwritable folder, a run too big for memory) hold the machinery."""
 import math
 import shlex
 import sys
@@ -35,12 +32,13 @@ SETUPS = {
 PAPER_MSE_K5 = {"MAML": {1: 0.67, 5: 0.38, 10: 0.35}, "pretrained": {1: 2.41, 5: 2.23, 10: 2.19}}
 EVAL_KS = (5, 10)  # support points per held-out task at meta-test time, as in the paper's figures
 EVAL_STEPS = (0, 1, 5, 10)  # gradient steps after which the held-out MSE is reported
+# -8<- [end:setups]
 
 
+# -8<- [start:inits]
 def code_init(key):
-    """The released code's initialisation (its construct_fc_weights): every weight drawn from a
-    normal of standard deviation 0.01 truncated at two standard deviations, every bias zero. The
-    same layout as net_init's parameters: (W, b) per Dense layer, () per ReLU."""
+    """The released code's construct_fc_weights: weights from a normal of standard deviation
+    0.01 truncated at two of them, zero biases; net_init's layout: (W, b) per Dense, () per Relu."""
     shapes = [(1, 40), (40, 40), (40, 1)]
     keys = random.split(key, len(shapes))
     w = [0.01 * random.truncated_normal(k, -2.0, 2.0, s) for k, s in zip(keys, shapes)]
@@ -54,7 +52,7 @@ def stax_init(key):
 
 
 INITS = {"stax": stax_init, "code": code_init}
-# -8<- [end:setups]
+# -8<- [end:inits]
 
 
 # -8<- [start:pretrain]
@@ -65,8 +63,7 @@ def pretrain_loss(params, x1, y1, x2, y2, alpha=None):
 
 @jit
 def pretrain_step(i, opt_state, x1, y1, x2, y2, alpha=None):
-    """One Adam step of the baseline; main gives it a task stream of its own, from the same
-    distribution as MAML's."""
+    """One Adam step of the baseline (on a task stream of its own, from MAML's distribution)."""
     value, grads = jax.value_and_grad(pretrain_loss)(get_params(opt_state), x1, y1, x2, y2)
     return opt_update(i, grads, opt_state), value
 # -8<- [end:pretrain]
@@ -97,7 +94,7 @@ def train_chunk(opt_state, keys, steps, amp_range, alpha, *, step_fn, n_tasks, k
 # -8<- [end:train_chunk]
 
 
-# -8<- [start:train]
+# -8<- [start:chunks]
 def chunks(n_steps, n_chunks=20, longest=5_000):
     """(start, stop) of each chunk: about n_chunks of them, none longer than `longest` steps (the
     chunk's tasks are drawn up front, so its length sets the memory a long run needs)."""
@@ -117,21 +114,18 @@ def compile_training(step_fn, params, setup, runs):
     state = jax.eval_shape(vmap(opt_init), tree_map(
         lambda a: jax.ShapeDtypeStruct((runs, *a.shape), a.dtype), params))
     static = dict(step_fn=step_fn, n_tasks=setup["tasks"], k=setup["k"])
-    compiled = {}
-    for a, b in chunks(setup["steps"]):
-        if b - a not in compiled:
-            keys = jax.ShapeDtypeStruct((b - a, runs, 2), jnp.uint32)
-            steps = jax.ShapeDtypeStruct((b - a,), jnp.int32)
-            compiled[b - a] = train_chunk.lower(state, keys, steps, setup["amp_range"],
-                                                setup["alpha"], **static).compile()
-    return compiled
+    return {n: train_chunk.lower(state, jax.ShapeDtypeStruct((n, runs, 2), jnp.uint32),
+                                 jax.ShapeDtypeStruct((n,), jnp.int32), setup["amp_range"],
+                                 setup["alpha"], **static).compile()
+            for n in {b - a for a, b in chunks(setup["steps"])}}
+# -8<- [end:chunks]
 
 
+# -8<- [start:train]
 def train(compiled, params, keys, setup, name, log=print):
     """Train params (a leading run axis on every leaf) for setup["steps"] steps, run r on the task
-    stream of keys[r], showing progress. Returns the trained params, the loss of every step and
-    run (steps, runs), and the steady-state seconds per step of all runs together. Stops the
-    program (exit 1) when a loss stops being a finite number."""
+    stream of keys[r], showing progress: the trained params, every step's loss (steps, runs), and
+    the steady seconds per step of all runs. Stops (exit 1) when a loss is not a finite number."""
     n_steps, spans = setup["steps"], chunks(setup["steps"])
     all_keys = step_keys(keys, n_steps)  # run r, step i: sample_tasks(all_keys[i, r], ...)
     every = -(-len(spans) // 20)  # a progress line every `every` chunks: about 20 in all
@@ -158,11 +152,11 @@ def train(compiled, params, keys, setup, name, log=print):
 # -8<- [end:train]
 
 
-# -8<- [start:evaluate]
+# -8<- [start:eval_tasks]
 def eval_tasks(key, n_tasks, k, amp_range, n_test=100):
     """Held-out tasks: K support points each, and the true function at n_test points on [-5, 5]."""
     sinusoid, x1 = sample_sinusoids(key, n_tasks, k, amp_range)
-    x_test = jnp.linspace(-5.0, 5.0, n_test).reshape(n_test, 1)
+    x_test = jnp.linspace(-5.0, 5.0, n_test)[:, None]
     return x1, sinusoid(x1), x_test, sinusoid(x_test)
 
 
@@ -176,8 +170,10 @@ def adaptation_curves(params, x1, y1, x_test, y_test, alpha, n_steps, update=inn
         adapted, mses = lax.scan(body, params, length=n_steps)
         return jnp.append(mses, loss(adapted, x_test, y_test))
     return vmap(one_task)(x1, y1, y_test)
+# -8<- [end:eval_tasks]
 
 
+# -8<- [start:run_curves]
 def run_curves(params, tasks, k, alphas, n_steps=max(EVAL_STEPS), update=inner_update):
     """adaptation_curves of every run on the same held-out tasks, run r with step size alphas[r]:
     an array of shape (runs, n_tasks, n_steps + 1)."""
@@ -196,8 +192,10 @@ def tune_step_size(params, tasks, k, candidates=(1e-3, 2e-3, 5e-3, 0.01, 0.02, 0
         c = run_curves(params, tasks, k, np.full(runs, a, np.float32))[:, :, [1, 5, 10]]
         scores.append(np.where(np.isfinite(c).all(axis=(1, 2)), c.mean(axis=(1, 2)), np.inf))
     return np.asarray(candidates)[np.argmin(scores, axis=0)]
+# -8<- [end:run_curves]
 
 
+# -8<- [start:evaluate]
 def evaluate(params, setup, args, keys):
     """Held-out MSE curves of both models for every K, on run 0's validation and test tasks:
     MAML adapts with its own alpha, the baseline with a step size tuned on the validation tasks.
@@ -210,19 +208,15 @@ def evaluate(params, setup, args, keys):
             step_sizes[name, k] = np.full(args.seeds, setup["alpha"], np.float32) \
                 if name == "MAML" else tune_step_size(params[name], val, k)
             curves[name, k] = run_curves(params[name], test, k, step_sizes[name, k])
-    for (name, k), mse in curves.items():
-        for r, m in enumerate(mse):
-            diverged = len(m) - len(report.finite_tasks(m))
-            if diverged > len(m) / 2:
-                sys.exit(f"experiment.py: {name} adaptation (run {r}, step size "
-                         f"{step_sizes[name, k][r]:g}) diverged on {diverged} of "
-                         f"{args.eval_tasks} held-out tasks (K = {k}); nothing was written. "
-                         "Try a smaller --alpha.")
+    for (name, k), r, diverged in report.most_diverged(curves):
+        sys.exit(f"experiment.py: {name} adaptation (run {r}, step size "
+                 f"{step_sizes[name, k][r]:g}) diverged on {diverged} of {args.eval_tasks} "
+                 f"held-out tasks (K = {k}); nothing was written. Try a smaller --alpha.")
     return test, curves, step_sizes
 # -8<- [end:evaluate]
 
 
-# -8<- [start:main]
+# -8<- [start:parse_args]
 def parse_args(argv=None):
     """The flags and the setup they choose; preflight.py defines them and stops a bad value."""
     return preflight.parse_args(argv, SETUPS)
@@ -233,8 +227,10 @@ def run_keys(seed, runs):
     validation tasks and the test tasks, each an array of shape (runs, 2). Run r derives its keys
     from seed + r, so run 0 is the single run of the same seed."""
     return np.stack([np.asarray(random.split(random.PRNGKey(seed + r), 5)) for r in range(runs)], 1)
+# -8<- [end:parse_args]
 
 
+# -8<- [start:compile_evaluation]
 def compile_evaluation(setup, args):
     """The evaluation's programs (drawing the held-out tasks, adapting every run to them),
     compiled for their shapes, so that XLA's count of their memory is known before they run."""
@@ -247,8 +243,10 @@ def compile_evaluation(setup, args):
                   in_axes=(0, None, None, None, None, 0))
     return [jit(draw).lower(key).compile(), jit(curves).lower(
         params, *jax.eval_shape(draw, key), jax.ShapeDtypeStruct((runs,), jnp.float32)).compile()]
+# -8<- [end:compile_evaluation]
 
 
+# -8<- [start:train_both]
 def train_both(ap, args, setup, init, streams):
     """Compile both training loops and the evaluation, stop if they cannot fit in memory, then
     train MAML and the baseline, each on its own task stream (streams: their keys per run)."""
@@ -267,8 +265,10 @@ def train_both(ap, args, setup, init, streams):
         f" of {args.seeds} runs, {ms / args.seeds:.3f} ms per run-step" if args.seeds > 1 else "")
         + " (steady state: compile and first chunk excluded)")
     return params, losses, ms
+# -8<- [end:train_both]
 
 
+# -8<- [start:main]
 def main(argv=None):
     args, setup, ap = parse_args(argv)
     runs = f"{args.seeds} runs (seeds {args.seed}-{args.seed + args.seeds - 1})" \

@@ -9,6 +9,7 @@ import os
 import tempfile
 
 
+# -8<- [start:checked]
 def checked(convert, ok, allowed):
     """An argparse type: convert the text, then accept it only if ok(value)."""
     def parse(text):
@@ -27,6 +28,7 @@ def one_line_error(ap):
     def error(message):
         ap.exit(2, f"{ap.prog}: error: {message}\n")
     return error
+# -8<- [end:checked]
 
 
 def check_args(ap, args):
@@ -40,9 +42,6 @@ def check_args(ap, args):
         tempfile.TemporaryFile(dir=args.out).close()
     except OSError as e:
         ap.error(f"argument --out: cannot write figures to {args.out!r} ({e.strerror})")
-
-
-
 
 
 def defaults(setups, name):
@@ -98,6 +97,7 @@ def available():
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+# -8<- [start:memory]
 def needs(compiled):
     """The bytes one call of a compiled computation holds at its peak, by XLA's own account:
     its arguments, its outputs and its temporaries."""
@@ -118,6 +118,7 @@ def refuse_if_over(error, flags, what, need, counted, lower_bound=False):
     if need > free:
         error(f"argument {flags}: {what} needs {'at least ' * lower_bound}{readable(need)} "
               f"({counted}), more than the {readable(free)} available")
+# -8<- [end:memory]
 
 
 TRAINING_FLAGS = "--tasks/--k/--steps/--seeds"
@@ -127,6 +128,7 @@ def training(runs, steps, tasks, k):
     return f"training {runs:,} run(s) of {steps:,} steps of {tasks:,} tasks with K = {k:,}"
 
 
+# -8<- [start:check_compiled]
 def check_tasks(error, runs, steps, tasks, k, longest_chunk):
     """Stop now (exit 2) if one training chunk's tasks alone, which its loop must hold, exceed the
     available memory. A lower bound, counted before compiling: XLA is not asked to compile shapes
@@ -146,3 +148,4 @@ def check_compiled(error, runs, steps, tasks, k, eval_tasks, train_loops, evalua
                    max(needs(c) for c in train_loops) + host, "XLA's count")
     refuse_if_over(error, "--eval-tasks/--seeds", f"evaluating {runs:,} run(s) on {eval_tasks:,} "
                    "held-out tasks", sum(needs(c) for c in evaluation), "XLA's count")
+# -8<- [end:check_compiled]

@@ -21,12 +21,20 @@ RUNAWAY = 10  # a task "runs away" once its MSE exceeds 10 times its MSE before 
 PLATEAU_WINDOW = 100  # training losses are kept, and judged, as means of 100 steps
 
 
-# -8<- [start:statistics]
 def finite_tasks(mse):
     """The rows (tasks) of an MSE array whose adaptation never overflowed."""
     return mse[np.isfinite(mse).all(axis=1)]
 
 
+def most_diverged(curves):
+    """((model, K), run, count) of every run whose adaptation diverged (MSE inf or NaN) on more
+    than half its held-out tasks: a mean of the few survivors would be garbage."""
+    counts = {key: (~np.isfinite(mse).all(axis=2)).sum(axis=1) for key, mse in curves.items()}
+    return [(key, r, int(n)) for key, c in counts.items() for r, n in enumerate(c)
+            if n > curves[key].shape[1] / 2]
+
+
+# -8<- [start:intervals]
 def mean_ci(values):
     """Mean and half-width of its 95% confidence interval (normal approximation), over tasks.
 
@@ -56,10 +64,10 @@ def between_runs(values):
     of freedom: how far another set of as many runs could land, not the noise of one run's tasks."""
     values = np.asarray(values, np.float64)
     return values.mean(), t975(len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-# -8<- [end:statistics]
+# -8<- [end:intervals]
 
 
-# -8<- [start:data]
+# -8<- [start:run_numbers]
 def run_numbers(mse):
     """One run's numbers for one model and K, from its MSE array (tasks, steps + 1). For every
     number of steps: the mean over finite tasks and its 95% interval, the median, the tasks that
@@ -73,8 +81,10 @@ def run_numbers(mse):
                 dominated=np.where(runaway, kept, 0).sum(axis=0) > kept.sum(axis=0) / 2,
                 worse=int(np.sum(~(mse[:, -1] <= mse[:, 0]))), diverged=len(mse) - len(kept),
                 worst=worse.max() if len(worse) else None)
+# -8<- [end:run_numbers]
 
 
+# -8<- [start:over_runs]
 def over_runs(runs):
     """The runs' means, for every number of steps: their mean and between-run interval, median,
     range and the number of runs whose mean a runaway task dominates. None for a single run:
@@ -85,8 +95,10 @@ def over_runs(runs):
     mean, half = np.transpose([between_runs(column) for column in means.T])
     return dict(mean=mean, half=half, median=np.median(means, axis=0), min=means.min(axis=0),
                 max=means.max(axis=0), dominated=np.sum([run["dominated"] for run in runs], axis=0))
+# -8<- [end:over_runs]
 
 
+# -8<- [start:training_numbers]
 def window_means(losses):
     """The means of each 100 steps of the losses (steps, runs): (steps // 100, runs)."""
     window = min(PLATEAU_WINDOW, len(losses))
@@ -101,6 +113,7 @@ def training_numbers(losses):
     below = means < means[:1] / 2
     leaves = [int((np.argmax(b) + 1) * window) if b.any() else None for b in below.T]
     return dict(window=window, leaves_plateau=leaves, final=losses[-1000:].mean(axis=0))
+# -8<- [end:training_numbers]
 
 
 def results_data(*, curves, step_sizes, losses, **facts):
@@ -140,10 +153,8 @@ def environment():
     return dict(python=platform.python_version(), jax=jax.__version__, jaxlib=jaxlib.__version__,
                 numpy=np.__version__, device=f"{device.platform} ({device.device_kind})",
                 devices=jax.device_count(), processor=platform.processor() or platform.machine())
-# -8<- [end:data]
 
 
-# -8<- [start:table]
 def number(x):
     """Three decimals; scientific notation once a task that ran away makes a number huge."""
     if x is None:
@@ -151,6 +162,7 @@ def number(x):
     return f"{x:.3f}" if abs(x) < 1e4 else f"{x:.2e}"
 
 
+# -8<- [start:cell_text]
 def cell_text(cell, n, mark):
     """One cell of the table: the mean and its interval, or, where runaway tasks make up most of
     a mean, the median (over tasks for one run, over runs for several) and a dagger."""
@@ -162,6 +174,7 @@ def cell_text(cell, n, mark):
     mean, half = (runs[0]["mean"][n], runs[0]["ci"][n]) if summary is None else \
         (summary["mean"][n], summary["half"][n])
     return f"{number(mean)} ± {number(half)}{mark}"
+# -8<- [end:cell_text]
 
 
 def step_size_text(sizes):
@@ -197,13 +210,14 @@ def runaway_lines(results):
             hit = [r for r, run in enumerate(cell["runs"]) if run["dominated"][n]]
             if hit and n_runs == 1:
                 run = cell["runs"][0]
-                lines.append(f"† K = {cell['k']}, {cell['model']}, n = {n}: {run['runaway'][n]} of "
-                             f"{results['eval_tasks']} tasks ran away (MSE over {RUNAWAY}x its "
+                lines.append(f"† K = {cell['k']}, {cell['model']}, n = {n}: {run['runaway'][n]} "
+                             f"of {results['eval_tasks']} tasks ran away (MSE over {RUNAWAY}x its "
                              f"start) and make up most of the mean, {number(run['mean'][n])}; "
                              "the cell is the median over tasks")
             elif hit:
-                lines.append(f"† K = {cell['k']}, {cell['model']}, n = {n}: diverges in {len(hit)} "
-                             f"of {n_runs} runs (runs {', '.join(map(str, hit))}: tasks whose MSE "
+                lines.append(f"† K = {cell['k']}, {cell['model']}, n = {n}: diverges in "
+                             f"{len(hit)} of {n_runs} runs (runs {', '.join(map(str, hit))}: tasks "
+                             f"whose MSE "
                              f"grew over {RUNAWAY}x make up most of the run's mean); the cell is "
                              "the median over runs, the mean over runs is "
                              f"{number(cell['over_runs']['mean'][n])}")
@@ -257,8 +271,8 @@ def training_lines(results):
     for name, t in results["training"].items():
         runs = ", ".join(f"{'never' if s is None else f'{s:,}'} ({f:.3f})"
                          for s, f in zip(t["leaves_plateau"], t["final"]))
-        lines.append(f"{name} training: the {t['window']}-step mean loss first falls below half its "
-                     f"start at step (final loss): {runs}")
+        lines.append(f"{name} training: the {t['window']}-step mean loss first falls below half "
+                     f"its start at step (final loss): {runs}")
     return lines
 
 
@@ -269,10 +283,9 @@ def render(results):
         lines += spread_lines(results)
     lines += training_lines(results)
     return "".join(line.rstrip() + "\n" for line in lines)
-# -8<- [end:table]
 
 
-# -8<- [start:files]
+# -8<- [start:write_whole]
 def write_whole(path, write):
     """Write a file whole or not at all: into a temporary file beside it, then an atomic rename."""
     tmp = f"{path}.{os.getpid()}.part"
@@ -284,6 +297,7 @@ def write_whole(path, write):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+# -8<- [end:write_whole]
 
 
 def write_json(path, data):
@@ -316,10 +330,8 @@ def write_run(out, params, tasks, results, losses):
 
 def save(fig, path):
     write_whole(path, lambda f: fig.savefig(f, format="png", dpi=110))
-# -8<- [end:files]
 
 
-# -8<- [start:figures]
 @partial(jit, static_argnames=("n_steps",))
 def adapt(params, x1, y1, alpha, n_steps):
     """n_steps of inner_update on one task's support set."""
@@ -381,7 +393,7 @@ def mse_figure(results):
 
 
 def training_figure(results, curves):
-    """The meta-training loss of every run: curves[name] holds its 100-step means (windows, runs)."""
+    """The meta-training loss of every run: curves[name], its 100-step means (windows, runs)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4), layout="constrained")
@@ -402,4 +414,3 @@ def write_figures(out, first, tasks, results, curves):
     save(adaptation_figure(first, tasks, results), os.path.join(out, "adaptation.png"))
     save(mse_figure(results), os.path.join(out, "mse_vs_steps.png"))
     save(training_figure(results, curves), os.path.join(out, "meta_training_loss.png"))
-# -8<- [end:figures]

@@ -116,15 +116,19 @@ def includes():
     return found
 
 
-@pytest.mark.parametrize("source", ["maml.py", "experiment.py"])
+SOURCES = ["maml.py", "experiment.py", "report.py", "preflight.py"]
+
+
+@pytest.mark.parametrize("source", SOURCES)
 def test_section_markers_are_well_formed(source):
     """Every `# -8<- [start:X]` has exactly one `[end:X]` after it; names are unique."""
     assert sections(ROOT / source)
 
 
-@pytest.mark.parametrize("source", ["maml.py", "experiment.py"])
+@pytest.mark.parametrize("source", SOURCES)
 def test_every_section_is_shown_on_some_page(source):
-    """The walkthrough shows every section of maml.py, the running page every one of experiment.py."""
+    """The walkthrough shows every section of maml.py, the running page those of experiment.py and
+    of the machinery it leans on: a marked section no page shows is a marker to remove."""
     shown = {section for _, file, section in includes() if file == source}
     missing = sections(ROOT / source) - shown
     assert not missing, f"sections of {source} on no page: {sorted(missing)}"
