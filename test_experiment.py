@@ -3,6 +3,7 @@
 The algorithm's own claims (derivatives, batching, the sampler) are in test_maml.py.
 """
 import json
+import math
 import os
 import re
 import subprocess
@@ -17,6 +18,7 @@ from jax.tree_util import tree_leaves, tree_map
 
 import experiment
 import maml
+import preflight
 import report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -71,11 +73,20 @@ def test_step_keys_give_each_run_the_stream_of_its_own_key():
         np.testing.assert_array_equal(got[:, r], np.asarray(random.split(keys[r], 7)))
 
 
-def test_chunks_cover_every_step_once_in_about_20_chunks_of_at_most_5000():
-    for n in (1, 19, 20, 1000, 70_000, 1_000_003):
+def test_chunks_cover_every_step_once_in_10_to_20_chunks_of_at_most_5000():
+    """Every n from 1 to 3,000, and the long runs: the chunks tile [0, n) in order; below 20 steps a
+    chunk is a step; from 20 to 100,000 there are between 10 and 20 chunks (about 20: never more,
+    and never fewer than half); beyond, chunks are 5,000 steps, the last one what is left."""
+    for n in [*range(1, 3001), 70_000, 99_999, 100_000, 140_000, 1_000_003]:
         spans = experiment.chunks(n)
         assert spans[0][0] == 0 and spans[-1][1] == n and all(a == b for (_, a), (b, _) in zip(spans, spans[1:]))
-        assert max(b - a for a, b in spans) <= 5000 and (len(spans) <= 20 or n > 100_000)
+        lengths = [b - a for a, b in spans]
+        if n < 20:
+            assert lengths == [1] * n
+        elif n <= 100_000:
+            assert 10 <= len(spans) <= 20 and max(lengths) <= 5000, (n, len(spans))
+        else:
+            assert lengths[:-1] == [5000] * (len(spans) - 1) and 0 < lengths[-1] <= 5000
 
 
 def test_the_released_codes_initialisation_has_the_layout_of_net_init_and_its_scale():
@@ -89,6 +100,21 @@ def test_the_released_codes_initialisation_has_the_layout_of_net_init_and_its_sc
     weights = np.concatenate([np.ravel(w) for w, _ in params[::2]])
     assert np.abs(weights).max() <= 0.02 and all(np.all(b == 0) for _, b in params[::2])
     assert abs(weights.std() / (0.01 * 0.8796) - 1) < 0.05, weights.std()
+    # The shape, not only the scale: the Kolmogorov-Smirnov statistic against a normal truncated at
+    # 2 sigma stays below its 0.1% critical value, 1.95 / sqrt(1680) = 0.048; a uniform draw of the
+    # same standard deviation, or an untruncated normal, exceeds it (checked below).
+    assert ks_truncated_normal(weights / 0.01) < 1.95 / np.sqrt(len(weights))
+    uniform = np.random.default_rng(0).uniform(-1, 1, len(weights)) * np.sqrt(3) * 0.8796
+    assert ks_truncated_normal(uniform) > 1.95 / np.sqrt(len(weights))
+
+
+def ks_truncated_normal(values):
+    """Kolmogorov-Smirnov statistic of values against a standard normal truncated at +-2."""
+    def phi(x):
+        return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+    v, n = np.sort(values), len(values)
+    cdf = np.array([(phi(min(max(x, -2), 2)) - phi(-2)) / (phi(2) - phi(-2)) for x in v])
+    return max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n))
 
 
 # ---- the experiment's pieces -------------------------------------------------------------------
@@ -104,6 +130,92 @@ def test_adaptation_curves_start_at_the_unadapted_loss_and_follow_inner_update()
         # float32, compiled differently (scan + vmap against plain calls): 1e-5 relative
         np.testing.assert_allclose(curves[t], [maml.loss(p, x_test, y_test[t]) for p in (params, once, twice)],
                                    rtol=1e-5)
+
+
+def test_the_baseline_regresses_on_every_point_support_and_query():
+    """pretrain_loss is the MSE over all 2K points of every task: with as many support as query
+    points, the mean of the support loss and the query loss. A baseline that saw only the support
+    points would give the first of them. Float32, the same sums reordered: 1e-6 relative."""
+    _, params = maml.net_init(random.PRNGKey(0), (-1, 1))
+    x1, y1, x2, y2 = maml.sample_tasks(random.PRNGKey(1), 25, 10)
+    both = (maml.loss(params, x1, y1) + maml.loss(params, x2, y2)) / 2
+    assert float(experiment.pretrain_loss(params, x1, y1, x2, y2)) == pytest.approx(float(both), rel=1e-6)
+    assert abs(float(maml.loss(params, x1, y1)) - float(both)) > 1e-3  # the two halves differ
+
+
+def two_runs():
+    """Two runs' parameters, stacked on a run axis, and held-out tasks of the paper's distribution."""
+    inits = [maml.net_init(random.PRNGKey(s), (-1, 1))[1] for s in (0, 1)]
+    return tree_map(lambda *a: jnp.stack(a), *inits), inits, experiment.eval_tasks(
+        random.PRNGKey(2), 6, 10, (0.1, 5.0))
+
+
+def test_run_curves_of_several_runs_are_each_runs_own_curves():
+    """run_curves adapts run r with alphas[r] on the first K support points: the same as
+    adaptation_curves of that run alone. Float32, vmapped against plain: 1e-5 relative."""
+    stacked, inits, (x1, y1, x_test, y_test) = two_runs()
+    together = experiment.run_curves(stacked, (x1, y1, x_test, y_test), 5, np.array([0.01, 0.05], np.float32))
+    assert together.shape == (2, 6, 11)
+    for r, (init, alpha) in enumerate(zip(inits, (0.01, 0.05))):
+        alone = experiment.adaptation_curves(init, x1[:, :5], y1[:, :5], x_test, y_test, alpha, 10)
+        np.testing.assert_allclose(together[r], alone, rtol=1e-5)
+
+
+def test_tune_step_size_picks_each_runs_best_candidate_and_never_a_diverging_one():
+    """For each run, the candidate with the lowest mean validation MSE after 1, 5 and 10 steps,
+    computed here with plain Python loops of inner_update; 1e4 diverges (inf or NaN) and is never
+    picked, even though a NaN compares as neither better nor worse."""
+    stacked, inits, (x1, y1, x_test, y_test) = two_runs()
+    candidates = (1e-3, 0.01, 0.1, 1e4)
+    got = experiment.tune_step_size(stacked, (x1, y1, x_test, y_test), 5, candidates)
+    for r, init in enumerate(inits):
+        scores = []
+        for a in candidates:
+            mses = []
+            for t in range(6):
+                p = init
+                for n in range(1, 11):
+                    p = maml.inner_update(p, x1[t, :5], y1[t, :5], a)
+                    if n in (1, 5, 10):
+                        mses.append(float(maml.loss(p, x_test, y_test[t])))
+            scores.append(np.mean(mses) if np.all(np.isfinite(mses)) else np.inf)
+        assert np.isinf(scores[-1]) and got[r] == candidates[int(np.argmin(scores))], (r, scores, got)
+
+
+def test_run_keys_are_each_seeds_own_split_and_other_seeds_give_other_keys():
+    """Run r's five keys are random.split(PRNGKey(seed + r), 5): run 0 of several is the single
+    run of the same seed, and no two runs or seeds share a key."""
+    keys = experiment.run_keys(3, 2)
+    assert keys.shape == (5, 2, 2)
+    for r in range(2):
+        np.testing.assert_array_equal(keys[:, r], np.asarray(random.split(random.PRNGKey(3 + r), 5)))
+    np.testing.assert_array_equal(experiment.run_keys(3, 1)[:, 0], keys[:, 0])
+    everything = np.concatenate([keys.reshape(-1, 2), experiment.run_keys(5, 2).reshape(-1, 2)])
+    assert len({tuple(k) for k in everything}) == len(everything)
+
+
+def test_the_training_refusal_compares_xlas_count_with_the_memory_available(monkeypatch):
+    """Between the two bounds: the memory available is more than a chunk's tasks (the lower bound
+    counted before compiling, which then passes) but less than XLA's count of the compiled
+    training loop. check_compiled stops with one line naming the training flags and XLA's count."""
+    setup = dict(experiment.SETUPS["paper"], steps=200)
+    _, params = maml.net_init(random.PRNGKey(0), (-1, 1))
+    loops = experiment.compile_training(maml.step, params, setup, 1)
+    need = max(preflight.needs(c) for c in loops.values()) + 200 * (8 + 2 * 4)
+    tasks = max(b - a for a, b in experiment.chunks(200)) * 25 * 4 * 10 * 4
+    assert tasks < need - 1
+    monkeypatch.setattr(preflight, "available", lambda: need - 1)
+    messages = []
+
+    def error(message):
+        messages.append(message)
+        raise SystemExit(2)
+    preflight.check_tasks(error, 1, 200, 25, 10, max(b - a for a, b in experiment.chunks(200)))
+    with pytest.raises(SystemExit):
+        preflight.check_compiled(error, 1, 200, 25, 10, 600, loops.values(), [])
+    assert messages == [f"argument --tasks/--k/--steps/--seeds: training 1 run(s) of 200 steps of 25 tasks "
+                        f"with K = 10 needs {preflight.readable(need)} (XLA's count), more than the "
+                        f"{preflight.readable(need - 1)} available"]
 
 
 # ---- the command line --------------------------------------------------------------------------
