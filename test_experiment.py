@@ -301,6 +301,36 @@ def test_cli_same_seed_prints_the_same_numbers(short_run, compile_cache, tmp_pat
     assert body(tmp_path / "results.txt") == body(first_out / "results.txt")
 
 
+def test_maml_and_the_baseline_train_on_their_own_task_streams(short_run):
+    """main trains MAML on the stream of run_keys' second key and the baseline on the third's:
+    the training losses it saved (100-step means) are those of train_chunk on exactly those
+    streams, and not of the other one. Float32, compiled apart: 1e-4 relative over 1,000 steps."""
+    result, out = short_run
+    saved = np.load(out / "params.npz")
+    k_init, k_maml, k_base, _, _ = experiment.run_keys(0, 1)
+    init = tree_map(lambda a: a[None], maml.opt_init(experiment.stax_init(k_init[0])))
+    for name, fn, own, other in (("MAML", maml.step, k_maml, k_base), ("pretrained", experiment.pretrain_step,
+                                                                       k_base, k_maml)):
+        means = {}
+        for which, keys in (("own", own), ("other", other)):
+            _, losses = experiment.train_chunk(init, experiment.step_keys(keys, 1000), np.arange(1000),
+                                               (0.1, 5.0), 0.01, step_fn=fn, n_tasks=25, k=10)
+            means[which] = np.asarray(losses).reshape(10, 100).mean(axis=1)
+        np.testing.assert_allclose(saved[f"loss/{name}"][:, 0], means["own"], rtol=1e-4)
+        assert not np.allclose(saved[f"loss/{name}"][:, 0], means["other"], rtol=1e-2), name
+
+
+def test_another_seed_gives_other_numbers(short_run, compile_cache, tmp_path):
+    """--seed is honoured: seed 1 trains and evaluates other runs, so its numbers differ from seed 0's."""
+    first, first_out = short_run
+    other = run_cli(compile_cache, *SHORT_RUN[:-1], "1", "--out", str(tmp_path))
+    assert other.returncode == 0, other.stderr
+    a, b = (json.loads((d / "results.json").read_text()) for d in (first_out, tmp_path))
+    assert a["seeds"] == [0] and b["seeds"] == [1]
+    for ca, cb in zip(a["cells"], b["cells"]):
+        assert all(abs(x - y) > 1e-6 for x, y in zip(ca["runs"][0]["mean"], cb["runs"][0]["mean"])), ca["model"]
+
+
 BAD_FLAGS = [
     (["--steps", "0"], "--steps", ">= 1"),
     (["--steps", "-5"], "--steps", ">= 1"),

@@ -3,6 +3,7 @@ tasks and runs, the results as data, the table rendered from that data alone, wh
 the memory refusal.
 """
 import json
+import math
 import os
 import re
 
@@ -33,11 +34,30 @@ def table(*args, **kwargs):
     return report.render(results_of(*args, **kwargs))
 
 
+def t_quantile(df, p=0.975):
+    """Student's t quantile computed here, independently of report.py: bisection on the CDF, which
+    is 1/2 plus the integral of the density from 0, by Simpson's rule on 20,000 intervals."""
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(t):
+        x = np.linspace(0.0, t, 20_001)
+        f = np.exp(log_c - (df + 1) / 2 * np.log1p(x ** 2 / df))
+        return 0.5 + (x[1] - x[0]) / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
+    low, high = 0.0, 20.0
+    for _ in range(60):
+        low, high = (low, (low + high) / 2) if cdf((low + high) / 2) > p else ((low + high) / 2, high)
+    return (low + high) / 2
+
+
 def test_t975_is_the_students_t_quantile():
-    """Against standard tables (3 decimals): 1, 4 and 30 degrees of freedom from the table, 40, 60
-    and 120 from the expansion, and the normal's 1.960 far out."""
-    for df, want in ((1, 12.706), (4, 2.776), (30, 2.042), (40, 2.021), (60, 2.000), (120, 1.980), (10**6, 1.960)):
-        assert abs(report.t975(df) - want) < 6e-4, (df, report.t975(df))
+    """Every entry of the table (1 to 30 degrees of freedom) within its 3-decimal rounding, 5e-4,
+    of the quantile computed independently; from 31 to 200 the expansion within 1e-4, as t975
+    claims; and the normal's 1.960 far out."""
+    for df in range(1, 31):
+        assert abs(report.t975(df) - t_quantile(df)) <= 5e-4 + 1e-9, (df, report.t975(df), t_quantile(df))
+    for df in (31, 35, 40, 60, 100, 200):
+        assert abs(report.t975(df) - t_quantile(df)) < 1e-4, (df, report.t975(df), t_quantile(df))
+    assert abs(report.t975(10**6) - 1.959964) < 1e-5
 
 
 def test_between_runs_is_the_mean_and_a_students_t_interval():
@@ -116,3 +136,38 @@ def test_report_of_several_runs_gives_the_mean_of_run_means_a_t_interval_and_eac
     assert "run 1: n = 0: 1.000, n = 1: 1.000, n = 5: 1.000, n = 10: 3.500" in text
 
 
+
+
+def test_runaway_tasks_dominate_a_mean_only_when_they_make_up_more_than_half_of_it():
+    """Twenty tasks that start at 1: nineteen stay at 1; the last runs away (over 10x its start)
+    to 12, which is 12 of a sum of 31 (under half: not dominated), or to 25, 25 of 44 (over half)."""
+    for last, dominated in ((12.0, False), (25.0, True)):
+        mse = np.ones((20, 11))
+        mse[19, 1:] = last
+        numbers = report.run_numbers(mse)
+        assert list(numbers["runaway"][1:]) == [1] * 10 and numbers["runaway"][0] == 0
+        assert list(numbers["dominated"][1:]) == [dominated] * 10 and numbers["median"][10] == 1.0
+
+
+def test_a_run_leaves_the_plateau_at_the_first_window_below_half_its_start():
+    """Losses of 4 for 1,050 steps, then 1: the 100-step means fall below 2 (half of the first
+    window's 4) first in the window of steps 1,100 to 1,200 (the one before has a mean of 2.5),
+    so the run leaves at step 1,200; a run that stays at 4 never leaves. The final loss is the
+    mean of the last 1,000 steps."""
+    losses = np.full((3000, 2), 4.0)
+    losses[1050:, 0] = 1.0
+    t = report.training_numbers(losses)
+    assert t["window"] == 100 and t["leaves_plateau"] == [1200, None]
+    assert list(t["final"]) == [1.0, 4.0]
+
+
+def test_results_data_is_plain_json_and_renders_the_same_after_a_round_trip(tmp_path):
+    """The data holds only JSON's types (a diverged task's inf becomes null where it is a number
+    of the data), so results.txt, rendered from results.json read back, is the same text."""
+    mse = np.ones((2, 3, 11))
+    mse[1, 2, 5:] = np.inf
+    data = results_of(mse, paper=True)
+    report.write_json(str(tmp_path / "results.json"), data)
+    back = report.read_json(str(tmp_path / "results.json"))
+    assert back == data and report.render(back) == report.render(data)
+    assert json.loads(json.dumps(data, allow_nan=False)) == data  # no NaN or Infinity anywhere
