@@ -49,15 +49,16 @@ def defaults(setups, name):
     return "(" + ", ".join(f"{s} {setups[s][name]:,}" for s in setups) + ")"
 
 
-def parse_args(argv, setups):
+def parse_args(argv, setups, default):
     """experiment.py's flags, and the setup they choose: one of `setups`, with the values the
-    flags override. A bad value stops the program here with one line naming the flag (exit 2)."""
+    flags override, `default` without --setup. A bad value stops the program here with one line
+    naming the flag (exit 2)."""
     count = checked(int, lambda v: v >= 1, "a whole number >= 1")
     ap = argparse.ArgumentParser(prog="experiment.py",
                                  description="MAML on the sinusoid regression of Finn et al. 2017.")
     ap.error = one_line_error(ap)
-    ap.add_argument("--setup", choices=setups, default="paper",
-                    help="the paper's text, the authors' released code, or the 2019 blog")
+    ap.add_argument("--setup", choices=setups, default=default, help="the paper's text, the "
+                    f"authors' released code, or the 2019 blog ({default})")
     for flag, metavar, what in (("steps", "N", "meta-training steps, and the baseline's"),
                                 ("tasks", "N", "tasks per meta-batch"),
                                 ("k", "K", "support and query points per task")):

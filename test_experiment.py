@@ -239,7 +239,7 @@ def table_lines(stdout):
     return [ln for ln in stdout.splitlines() if not re.search(r"compiled in|steps/s|ms per meta-step|written to", ln)]
 
 
-SHORT_RUN = ("--steps", "1000", "--eval-tasks", "200", "--seed", "0")
+SHORT_RUN = ("--setup", "paper", "--steps", "1000", "--eval-tasks", "200", "--seed", "0")
 
 
 @pytest.fixture(scope="session")
