@@ -18,6 +18,7 @@ import report
 SETUPS = ("code", "paper")  # the released code's settings first: they reproduce the paper
 STEPS = (1, 5, 10)
 TOP = 10.0  # the figure's top MSE: above it, a run is counted, not placed
+BOTTOM = 0.2  # below every run of either setting
 
 
 def load(setup, root="figures"):
@@ -92,7 +93,7 @@ def runs_figure(loaded):
                             textcoords="offset points", fontsize=8)
             ax.plot([x - 0.3, x + 0.3], [experiment.PAPER_MSE_K5[name][n]] * 2, "k-", lw=2)
         ax.set_xticks(range(4), [f"{m}\n{s}" for m in ("MAML", "baseline") for s in SETUPS])
-        ax.set(title=f"K = 5, after {n} step{'s' * (n > 1)}", yscale="log", ylim=(None, TOP))
+        ax.set(title=f"K = 5, after {n} step{'s' * (n > 1)}", yscale="log", ylim=(BOTTOM, TOP))
     axes[0].set_ylabel("held-out MSE, each run's mean over its tasks (log)")
     fig.suptitle("every run (a point each); the paper's number as a black bar")
     return fig
