@@ -58,3 +58,108 @@ def test_the_committed_table_is_the_rendering_of_the_committed_data(folder):
     """results.txt is the command and report.render of results.json, exactly."""
     results = load(folder)
     assert (ROOT / folder / "results.txt").read_text() == f"Command: {results['command']}\n" + report.render(results)
+
+
+# ---- the claims of the README and the Results page ------------------------------------------------
+
+PAGES = {"README": ROOT / "README.md", "Results": ROOT / "docs" / "results.md"}
+PAPER = {name: {int(n): v for n, v in row.items()} for name, row in experiment.PAPER_MSE_K5.items()}
+
+
+def text(page):
+    return " ".join(PAGES[page].read_text().split())  # line breaks as spaces
+
+
+def k5(setup, model):
+    """(runs' means (runs, 11), dominated (runs, 11), the cell) of one model's K = 5 cell."""
+    cell = next(c for c in load(f"figures/{setup}")["cells"] if c["model"] == model and c["k"] == 5)
+    return (np.array([r["mean"] for r in cell["runs"]]), np.array([r["dominated"] for r in cell["runs"]]),
+            cell)
+
+
+def windows(values):
+    """Every window of five consecutive seeds among the twenty: (start, values of the window)."""
+    return [(s, values[s:s + 5]) for s in range(len(values) - 4)]
+
+
+def t5(values):
+    """Mean and half-width of the five-run t-interval (4 degrees of freedom)."""
+    return report.between_runs(values)
+
+
+def test_the_committed_runs_are_twenty_consecutive_seeds_per_setting():
+    for setup in ("code", "paper"):
+        results = load(f"figures/{setup}")
+        assert results["seeds"] == list(range(20)) and results["setup_name"] == setup
+        assert results["eval_tasks"] == 600 and results["setup"]["steps"] == 70_000
+
+
+def test_code_maml_reproduces_over_twenty_runs_and_any_five():
+    """The paper's MAML numbers inside the twenty-run interval; inside every five-run window's
+    interval after 5 and 10 steps, all but one (seeds 0-4) after one; the median of every window
+    between 0.325 and 0.386 after ten steps; no task diverged or ran away in any run."""
+    means, dominated, cell = k5("code", "MAML")
+    s = cell["over_runs"]
+    for n in (1, 5, 10):
+        assert abs(s["mean"][n] - PAPER["MAML"][n]) <= s["half"][n]
+    stated = [f"{report.number(s['mean'][n])} ± {report.number(s['half'][n])}" for n in (1, 5, 10)]
+    assert ", ".join(stated[:2]) + " and " + stated[2] in text("Results")
+    for n, inside in ((5, 16), (10, 16), (1, 15)):
+        assert sum(abs(t5(w)[0] - PAPER["MAML"][n]) <= t5(w)[1] for _, w in windows(means[:, n])) == inside
+    outside = [s0 for s0, w in windows(means[:, 1]) if abs(t5(w)[0] - PAPER["MAML"][1]) > t5(w)[1]]
+    assert outside == [0] and "seeds 0 to 4 give %.3f ± %.3f" % t5(means[:5, 1]) in text("Results")
+    medians = [np.median(w) for _, w in windows(means[:, 10])]
+    assert (f"{min(medians):.3f}", f"{max(medians):.3f}") == ("0.325", "0.386")
+    for page in PAGES:
+        assert "between 0.325 and 0.386" in text(page)
+    code = load("figures/code")
+    assert not any(r["diverged"] or any(r["dominated"]) for c in code["cells"] for r in c["runs"])
+
+
+def test_two_code_runs_in_twenty_are_slow_and_one_is_the_only_run_above_twice_the_paper():
+    """Slow: leaving the plateau after step 5,000 (scripts/plateau.py's SLOW)."""
+    from scripts import plateau
+
+    means, _, _ = k5("code", "MAML")
+    leaves = load("figures/code")["training"]["MAML"]["leaves_plateau"]
+    assert [seed for seed, step in enumerate(leaves) if plateau.is_slow(step)] == [13, 16]
+    assert (leaves[13], leaves[16], f"{means[13, 10]:.3f}", f"{means[16, 10]:.3f}") == (19_400, 5_300, "0.911", "0.421")
+    assert [seed for seed in range(20) if means[seed, 10] > 2 * PAPER["MAML"][10]] == [13]
+    for page in PAGES:
+        assert "Two runs in twenty are slow" in text(page) and "seed 16 at step 5,300" in text(page)
+        assert "seed 13 stays on the plateau until step 19,400 and ends at 0.911" in text(page)
+    wide = [t5(w)[1] for s0, w in windows(means[:, 10]) if 9 <= s0 <= 13]
+    narrow = [t5(w)[1] for s0, w in windows(means[:, 10]) if not 9 <= s0 <= 13]
+    assert min(wide) > 2.5 * max(narrow)  # "several times wider"
+
+
+def test_paper_text_one_step_beats_the_paper_and_runaway_tasks_dominate_later():
+    means, dominated, cell = k5("paper", "MAML")
+    assert means[:, 1].max() < PAPER["MAML"][1]
+    assert f"{means[:, 1].min():.3f} to {means[:, 1].max():.3f}" == "0.538 to 0.593"
+    assert [int(dominated[:, n].sum()) for n in (5, 10)] == [6, 9]
+    for n in (5, 10):
+        assert all(w.any() for _, w in windows(dominated[:, n]))  # any five seeds include one
+    medians = [report.number(cell["over_runs"]["median"][n]) for n in (5, 10)]
+    assert medians == ["0.452", "0.407"] and "0.452 and 0.407" in text("Results")
+    assert all(cell["over_runs"]["median"][n] > PAPER["MAML"][n] for n in (5, 10))
+    for page in PAGES:
+        assert "0.538 to 0.593" in text(page) and "6 of the 20 runs after five" in text(page)
+
+
+def test_the_baseline_lands_near_the_paper_under_code_and_below_it_under_the_text():
+    means, _, cell = k5("code", "pretrained")
+    s = cell["over_runs"]
+    assert all(0.04 <= s["mean"][n] - PAPER["pretrained"][n] <= 0.06 for n in (1, 5, 10))
+    for page in PAGES:
+        assert "0.04 to 0.06 above the paper's" in text(page)
+    gaps = [round(s["mean"][n] - s["half"][n] - PAPER["pretrained"][n], 3) for n in (1, 5)]
+    assert gaps == [0.004, 0.005] and abs(s["mean"][10] - PAPER["pretrained"][10]) <= s["half"][10]
+    assert "2.455, 2.281 and 2.242" in text("Results") and "by 0.004 and 0.005" in text("Results")
+    text_means, _, _ = k5("paper", "pretrained")
+    for n in (5, 10):
+        assert all(sum(t5(w)) < PAPER["pretrained"][n] for _, w in windows(text_means[:, n]))
+    for setup in ("code", "paper"):
+        maml_runs, _, _ = k5(setup, "MAML")
+        base_runs, _, _ = k5(setup, "pretrained")
+        assert maml_runs[:, 1].max() < base_runs[:, 10].min(), setup
