@@ -5,8 +5,8 @@ with the signature of maml.step, so experiment.py's own loop trains it: the pape
 same initial parameters and task stream for every variant, several runs at once, and the same 600
 held-out tasks. Writes the table the Variations page shows.
 
-    python docs/variants.py                  # 5 runs of each, 70,000 steps: figures/variants.md
-    python docs/variants.py --seeds 2 --steps 300 --eval-tasks 50 --out /tmp/variants.md  # quick
+    python -m scripts.variants               # 5 runs of each, 70,000 steps: figures/variants.md
+    python -m scripts.variants --seeds 2 --steps 300 --eval-tasks 50 --out /tmp/variants.md  # quick
 """
 import argparse
 import datetime
@@ -22,9 +22,8 @@ import numpy as np
 from jax import grad, jit, lax, vmap
 from jax.tree_util import tree_map
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # maml, experiment
-import experiment  # noqa: E402
-import maml  # noqa: E402
+import experiment
+import maml
 
 
 # -8<- [start:first_order]
@@ -151,7 +150,7 @@ def main():
     for name in args.only.split(","):
         results[name] = run_variant(name, setup, args.seeds, args.seed, test)
         print(f"{name}: trained and evaluated, {time.perf_counter() - t0:.0f} s so far", flush=True)
-    command = "python docs/variants.py " + " ".join(sys.argv[1:])
+    command = "python -m scripts.variants " + " ".join(sys.argv[1:])
     text = (f"Measured on {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
             f"{jax.devices()[0].platform}; "
             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.\n\n"
