@@ -106,25 +106,38 @@ def run_variant(name, setup, seeds, seed, test):
     return curves, per_step
 
 
+def column_means(mse):
+    """Each run's mean MSE after each number of steps, over the tasks whose MSE is finite after
+    that many steps: (runs, n_steps + 1). A task that diverges by step 10 still counts at the
+    steps where it had not yet diverged; leaving it out of every column would bias the early means
+    towards the tasks that stay stable."""
+    finite = np.isfinite(mse)
+    return np.where(finite, mse, 0).sum(axis=1, dtype=np.float64) / finite.sum(axis=1)
+
+
+def cell(mse, n):
+    """One cell: the mean over runs ± the between-run interval after n steps, and how many tasks
+    of all runs diverged by then (inf or NaN) and are left out of it."""
+    mean_and_interval = experiment.between_runs(column_means(mse)[:, n])
+    text = "%s ± %s" % tuple(map(experiment.number, mean_and_interval))
+    left_out = int(np.sum(~np.isfinite(mse[:, :, n])))
+    return text + (f" ({left_out} left out)" if left_out else "")
+
+
 def table(results, seeds, n_tasks, steps):
     """The markdown table: MSE after 1, 5 and 10 steps, between-run intervals, and time per step."""
     lines = [f"Held-out MSE on {n_tasks} tasks (the same for every variant) after n steps: mean of "
              f"{seeds} runs ± 95% between-run interval (Student's t, {seeds - 1} degrees of "
-             f"freedom); {steps:,} meta-training steps of 25 tasks, K = 10, alpha = 0.01.", "",
+             f"freedom); {steps:,} meta-training steps of 25 tasks, K = 10, alpha = 0.01. A task "
+             "whose MSE has overflowed (inf or NaN) after n steps is left out of that cell's mean, "
+             "and counted there (all runs together).", "",
              "| variant | K | n = 1 | n = 5 | n = 10 | tasks ending worse, all runs | "
              "ms per meta-step of all runs |", "|---|---|---|---|---|---|---|"]
     for name, (curves, per_step) in results.items():
         for k, mse in curves.items():
-            means = experiment.run_means(mse)
-            cells = ["%s ± %s" % tuple(map(experiment.number, experiment.between_runs(means[:, n])))
-                     for n in (1, 5, 10)]
-            diverged = sum(len(m) - len(experiment.finite_tasks(m)) for m in mse)
-            mark = "*" if diverged else ""
-            worse = sum(int(np.sum(~(m[:, -1] <= m[:, 0]))) for m in mse)
-            lines.append(f"| {name} | {k} | " + " | ".join(c + mark for c in cells)
-                         + f" | {worse} of {len(mse) * n_tasks}"
-                         + (f" ({diverged} diverged, left out: *)" if diverged else "")
-                         + f" | {1e3 * per_step:.3f} |")
+            worse = int(np.sum(~(mse[:, :, -1] <= mse[:, :, 0])))  # NaN counts as worse
+            lines.append(f"| {name} | {k} | " + " | ".join(cell(mse, n) for n in (1, 5, 10))
+                         + f" | {worse} of {mse.shape[0] * n_tasks} | {1e3 * per_step:.3f} |")
     return "\n".join(lines) + "\n"
 
 
