@@ -46,6 +46,31 @@ def maml_loss_steps(params, x1, y1, x2, y2, alpha=0.01, n_steps=1):
 # -8<- [end:several_steps]
 
 
+# -8<- [start:scan_steps]
+def inner_steps(params, x1, y1, alpha, n_steps, update=maml.inner_update, checkpoint=False):
+    """n_steps of `update` as one lax.scan: the step is traced once, so the program and its
+    compile time stay the same size for any n_steps. With checkpoint, reverse mode keeps only
+    each step's input parameters and recomputes the step on the way back, instead of keeping
+    every intermediate value of its inner gradient: less memory, one more forward pass."""
+    def body(p, _):
+        return update(p, x1, y1, alpha), None
+    if checkpoint:  # scan already keeps XLA from merging the recomputation away: prevent_cse off
+        body = jax.checkpoint(body, prevent_cse=False)
+    return lax.scan(body, params, length=n_steps)[0]
+
+
+def maml_loss_scan(params, x1, y1, x2, y2, alpha=0.01, n_steps=1, checkpoint=False):
+    """maml_loss_steps as a scan: second order through every step, optionally checkpointed."""
+    adapted = inner_steps(params, x1, y1, alpha, n_steps, maml.inner_update, checkpoint)
+    return maml.loss(adapted, x2, y2)
+
+
+def fo_maml_loss_scan(params, x1, y1, x2, y2, alpha=0.01, n_steps=1):
+    """First order through n_steps: each step's inner gradient is a constant to the outer grad."""
+    return maml.loss(inner_steps(params, x1, y1, alpha, n_steps, fo_inner_update), x2, y2)
+# -8<- [end:scan_steps]
+
+
 # -8<- [start:meta_sgd]
 def meta_sgd_update(params, x1, y1, alphas):
     """inner_update with a step size per parameter: alphas is a tree shaped like params."""
