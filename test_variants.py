@@ -1,6 +1,6 @@
 """Multi-step MAML as a lax.scan (scripts/variants.py) against the unrolled Python loop.
 
-Run with `python -m pytest test_variants.py`. Everything here runs in float64 (jax.enable_x64 as a
+Run with `python -m pytest test_variants.py`. Everything here runs in float64 (switched on as a
 context, so no other test sees it): the scan, the unrolled loop and the checkpointed scan do the
 same arithmetic, in orders that XLA may fuse or reassociate differently, so they agree to rounding.
 In float64 that is ~1e-16 per operation; through 5 inner steps of sums over 1,761 parameters and
@@ -25,6 +25,15 @@ from scripts import variants
 RTOL = 1e-10
 
 
+def float64():
+    """JAX's float64 switch as a context manager: jax.enable_x64 where it exists, else (older jax,
+    down to the 0.4.29 that requirements.txt admits) jax.experimental.enable_x64."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64
+    return enable_x64()
+
+
 def one_task(seed=0, k=10):
     """The network's initial parameters and one task of the paper's distribution (float32)."""
     _, params = maml.net_init(random.PRNGKey(seed), (-1, 1))
@@ -32,7 +41,7 @@ def one_task(seed=0, k=10):
 
 
 def float64_task():
-    """one_task in float64; call it under jax.enable_x64(True)."""
+    """one_task in float64; call it under float64()."""
     return tree_map(partial(jnp.asarray, dtype=jnp.float64), one_task())
 
 
@@ -55,7 +64,7 @@ def fo_loss_steps(params, x1, y1, x2, y2, alpha=0.01, n_steps=1):
 
 @pytest.mark.parametrize("n_steps", [1, 5])
 def test_scan_equals_the_unrolled_loop_in_value_and_meta_gradient(n_steps):
-    with jax.enable_x64(True):
+    with float64():
         params, task = float64_task()
         scan = partial(variants.maml_loss_scan, n_steps=n_steps)
         loop = partial(variants.maml_loss_steps, n_steps=n_steps)
@@ -65,7 +74,7 @@ def test_scan_equals_the_unrolled_loop_in_value_and_meta_gradient(n_steps):
 
 @pytest.mark.parametrize("n_steps", [1, 5])
 def test_checkpointed_meta_gradient_equals_the_plain_one(n_steps):
-    with jax.enable_x64(True):
+    with float64():
         params, task = float64_task()
         plain = partial(variants.maml_loss_scan, n_steps=n_steps)
         saved = partial(variants.maml_loss_scan, n_steps=n_steps, checkpoint=True)
@@ -75,7 +84,7 @@ def test_checkpointed_meta_gradient_equals_the_plain_one(n_steps):
 def test_first_order_scan_equals_its_loop_and_differs_from_second_order():
     """The first-order scan is the unrolled first-order loop; its gradient is more than 1% away
     from the second-order one (so the closeness above is not a tolerance that passes anything)."""
-    with jax.enable_x64(True):
+    with float64():
         params, task = float64_task()
         fo = jit(grad(partial(variants.fo_maml_loss_scan, n_steps=5)))(params, *task)
         assert close(fo, jit(grad(partial(fo_loss_steps, n_steps=5)))(params, *task))
