@@ -193,7 +193,8 @@ def steps_cell(p):
 
 
 def batch_cell(p):
-    return f"{experiment.size(p['temp_bytes'])} ({experiment.size(p['argument_bytes'])}), {ms(p['ms'])} ms"
+    temp, args = experiment.size(p["temp_bytes"]), experiment.size(p["argument_bytes"])
+    return f"{temp} ({args}), {ms(p['ms'])} ms"
 
 
 def steps_table(data):
