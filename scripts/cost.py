@@ -3,7 +3,7 @@
 Each setting's meta-step (as maml.step: the gradient of the batch MAML loss through S inner steps,
 then Adam) is compiled alone and measured two ways: XLA's own count of the memory one call holds
 (arguments, outputs, temporaries: memory_analysis), and the time per step as experiment.py trains
-(train_chunk: a chunk of steps in one lax.scan, so the ~4 us of dispatch per call is spread over
+(train_chunk: a chunk of steps in one lax.scan, so the runtime's cost per call is spread over
 the chunk), the median over interleaved rounds. The inner steps run as a lax.scan
 (scripts/variants.py) in three modes: second order, second order with every step checkpointed,
 and first order. Writes, in --out: cost.json (every number, the command, versions, device),
@@ -25,7 +25,6 @@ import time
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax import random
 from jax.tree_util import tree_map
@@ -116,8 +115,8 @@ def measure(points, sizes, log=print):
     for r in range(sizes["rounds"]):
         order = range(len(points)) if r % 2 == 0 else reversed(range(len(points)))
         for i in order:
-            ms, finite = timed_call(*runs[i])
-            measured[i]["ms_rounds"].append(ms)
+            per_step, finite = timed_call(*runs[i])
+            measured[i]["ms_rounds"].append(per_step)
             measured[i]["finite"] &= finite
         log(f"round {r + 1} of {sizes['rounds']} timed")
     for p in measured:
@@ -126,8 +125,9 @@ def measure(points, sizes, log=print):
 
 
 def fit_specs(sizes):
-    """The growth rates to fit. Exponents (the slope of log y against log x) over the upper half
-    of each range, where the fixed costs of a step (Adam, the arguments) no longer dominate;
+    """The growth rates to fit. Exponents (the slope of log y against log x) from the middle
+    size of each range up (S >= 10, tasks >= 25, K >= 10 in the full sweep), where the fixed
+    costs of a step (Adam, the arguments) no longer dominate;
     per-step costs (the slope of y against S) over the whole range, since they grow linearly."""
     upper = {name: values[(len(values) - 1) // 2] for name, values in sizes.items()
              if name in ("steps", "tasks", "ks")}
