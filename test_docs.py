@@ -8,7 +8,7 @@ Run with `python -m pytest test_docs.py`. The checks:
 - the README pastes the comparison with the paper that docs/compare.py wrote, and what
   `python maml.py` printed; docs/compare.py, run again, writes the committed table;
 - `mkdocs build --strict` passes with no warning;
-- the scripts the pages show run in a quick mode: docs/bench.py, docs/variants.py,
+- the scripts the pages show run in a quick mode: docs/bench.py, scripts/variants.py,
   docs/runs_at_once.py, and docs/curvature.py, whose eigenvalues are checked against a dense
   Hessian.
 """
@@ -283,10 +283,10 @@ def test_curvature_script_measures_both_settings_on_a_few_tasks():
 
 
 def test_variants_quick_run_trains_every_variant_and_writes_its_table(tmp_path):
-    """docs/variants.py with 2 runs of 40 steps on 10 held-out tasks: every variant trains and is
-    evaluated, and the table has one row per variant and K with three cells and a time."""
+    """`python -m scripts.variants` with 2 runs of 40 steps on 10 held-out tasks: every variant
+    trains and is evaluated, and the table has one row per variant and K with three cells and a time."""
     out = tmp_path / "variants.md"
-    result = subprocess.run([sys.executable, "docs/variants.py", "--seeds", "2", "--steps", "40",
+    result = subprocess.run([sys.executable, "-m", "scripts.variants", "--seeds", "2", "--steps", "40",
                              "--eval-tasks", "10", "--out", str(out)], cwd=ROOT, capture_output=True,
                             text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert result.returncode == 0, result.stderr[-3000:]

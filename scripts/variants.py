@@ -5,8 +5,8 @@ with the signature of maml.step, so experiment.py's own loop trains it: the pape
 same initial parameters and task stream for every variant, several runs at once, and the same 600
 held-out tasks. Writes the table the Variations page shows.
 
-    python docs/variants.py                  # 5 runs of each, 70,000 steps: figures/variants.md
-    python docs/variants.py --seeds 2 --steps 300 --eval-tasks 50 --out /tmp/variants.md  # quick
+    python -m scripts.variants               # 5 runs of each, 70,000 steps: figures/variants.md
+    python -m scripts.variants --seeds 2 --steps 300 --eval-tasks 50 --out /tmp/variants.md  # quick
 """
 import argparse
 import datetime
@@ -22,9 +22,8 @@ import numpy as np
 from jax import grad, jit, lax, vmap
 from jax.tree_util import tree_map
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # maml, experiment
-import experiment  # noqa: E402
-import maml  # noqa: E402
+import experiment
+import maml
 
 
 # -8<- [start:first_order]
@@ -45,6 +44,31 @@ def maml_loss_steps(params, x1, y1, x2, y2, alpha=0.01, n_steps=1):
         params = maml.inner_update(params, x1, y1, alpha)
     return maml.loss(params, x2, y2)
 # -8<- [end:several_steps]
+
+
+# -8<- [start:scan_steps]
+def inner_steps(params, x1, y1, alpha, n_steps, update=maml.inner_update, checkpoint=False):
+    """n_steps of `update` as one lax.scan: the step is traced once, so the program and its
+    compile time stay the same size for any n_steps. With checkpoint, reverse mode keeps only
+    each step's input parameters and recomputes the step on the way back, instead of keeping
+    every intermediate value of its inner gradient: less memory, one more forward pass."""
+    def body(p, _):
+        return update(p, x1, y1, alpha), None
+    if checkpoint:  # scan already keeps XLA from merging the recomputation away: prevent_cse off
+        body = jax.checkpoint(body, prevent_cse=False)
+    return lax.scan(body, params, length=n_steps)[0]
+
+
+def maml_loss_scan(params, x1, y1, x2, y2, alpha=0.01, n_steps=1, checkpoint=False):
+    """maml_loss_steps as a scan: second order through every step, optionally checkpointed."""
+    adapted = inner_steps(params, x1, y1, alpha, n_steps, maml.inner_update, checkpoint)
+    return maml.loss(adapted, x2, y2)
+
+
+def fo_maml_loss_scan(params, x1, y1, x2, y2, alpha=0.01, n_steps=1):
+    """First order through n_steps: each step's inner gradient is a constant to the outer grad."""
+    return maml.loss(inner_steps(params, x1, y1, alpha, n_steps, fo_inner_update), x2, y2)
+# -8<- [end:scan_steps]
 
 
 # -8<- [start:meta_sgd]
@@ -107,25 +131,38 @@ def run_variant(name, setup, seeds, seed, test):
     return curves, per_step
 
 
+def column_means(mse):
+    """Each run's mean MSE after each number of steps, over the tasks whose MSE is finite after
+    that many steps: (runs, n_steps + 1). A task that diverges by step 10 still counts at the
+    steps where it had not yet diverged; leaving it out of every column would bias the early means
+    towards the tasks that stay stable."""
+    finite = np.isfinite(mse)
+    return np.where(finite, mse, 0).sum(axis=1, dtype=np.float64) / finite.sum(axis=1)
+
+
+def cell(mse, n):
+    """One cell: the mean over runs ± the between-run interval after n steps, and how many tasks
+    of all runs diverged by then (inf or NaN) and are left out of it."""
+    mean_and_interval = experiment.between_runs(column_means(mse)[:, n])
+    text = "%s ± %s" % tuple(map(experiment.number, mean_and_interval))
+    left_out = int(np.sum(~np.isfinite(mse[:, :, n])))
+    return text + (f" ({left_out} left out)" if left_out else "")
+
+
 def table(results, seeds, n_tasks, steps):
     """The markdown table: MSE after 1, 5 and 10 steps, between-run intervals, and time per step."""
     lines = [f"Held-out MSE on {n_tasks} tasks (the same for every variant) after n steps: mean of "
              f"{seeds} runs ± 95% between-run interval (Student's t, {seeds - 1} degrees of "
-             f"freedom); {steps:,} meta-training steps of 25 tasks, K = 10, alpha = 0.01.", "",
+             f"freedom); {steps:,} meta-training steps of 25 tasks, K = 10, alpha = 0.01. A task "
+             "whose MSE has overflowed (inf or NaN) after n steps is left out of that cell's mean, "
+             "and counted there (all runs together).", "",
              "| variant | K | n = 1 | n = 5 | n = 10 | tasks ending worse, all runs | "
              "ms per meta-step of all runs |", "|---|---|---|---|---|---|---|"]
     for name, (curves, per_step) in results.items():
         for k, mse in curves.items():
-            means = experiment.run_means(mse)
-            cells = ["%s ± %s" % tuple(map(experiment.number, experiment.between_runs(means[:, n])))
-                     for n in (1, 5, 10)]
-            diverged = sum(len(m) - len(experiment.finite_tasks(m)) for m in mse)
-            mark = "*" if diverged else ""
-            worse = sum(int(np.sum(~(m[:, -1] <= m[:, 0]))) for m in mse)
-            lines.append(f"| {name} | {k} | " + " | ".join(c + mark for c in cells)
-                         + f" | {worse} of {len(mse) * n_tasks}"
-                         + (f" ({diverged} diverged, left out: *)" if diverged else "")
-                         + f" | {1e3 * per_step:.3f} |")
+            worse = int(np.sum(~(mse[:, :, -1] <= mse[:, :, 0])))  # NaN counts as worse
+            lines.append(f"| {name} | {k} | " + " | ".join(cell(mse, n) for n in (1, 5, 10))
+                         + f" | {worse} of {mse.shape[0] * n_tasks} | {1e3 * per_step:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -151,7 +188,7 @@ def main():
     for name in args.only.split(","):
         results[name] = run_variant(name, setup, args.seeds, args.seed, test)
         print(f"{name}: trained and evaluated, {time.perf_counter() - t0:.0f} s so far", flush=True)
-    command = "python docs/variants.py " + " ".join(sys.argv[1:])
+    command = "python -m scripts.variants " + " ".join(sys.argv[1:])
     text = (f"Measured on {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
             f"{jax.devices()[0].platform}; "
             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.\n\n"
