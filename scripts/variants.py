@@ -11,7 +11,6 @@ held-out tasks. Writes the table the Variations page shows.
 import argparse
 import datetime
 import os
-import platform
 import sys
 import time
 from functools import partial
@@ -24,6 +23,7 @@ from jax.tree_util import tree_map
 
 import experiment
 import maml
+import report
 
 
 # -8<- [start:first_order]
@@ -91,14 +91,21 @@ def make_step(task_loss):
 
     @jit
     def step(i, opt_state, x1, y1, x2, y2, alpha=0.01):
-        batch_loss = lambda p: jnp.mean(batch(p, x1, y1, x2, y2, alpha))
+        def batch_loss(p):
+            return jnp.mean(batch(p, x1, y1, x2, y2, alpha))
         value, grads = jax.value_and_grad(batch_loss)(maml.get_params(opt_state))
         return maml.opt_update(i, grads, opt_state), value
     return step
 
 
-same_theta = lambda theta, alpha: theta  # what a variant trains, starting from theta
-with_alphas = lambda theta, alpha: (theta, tree_map(lambda p: jnp.full_like(p, alpha), theta))
+def same_theta(theta, alpha):
+    """What a variant trains, starting from theta: theta itself."""
+    return theta
+
+
+def with_alphas(theta, alpha):
+    """Meta-SGD trains theta and a step size per parameter, each starting at alpha."""
+    return theta, tree_map(lambda p: jnp.full_like(p, alpha), theta)
 # name: (training step, what it trains, how a held-out task adapts)
 VARIANTS = {
     "MAML": (maml.step, same_theta, maml.inner_update),
@@ -140,61 +147,84 @@ def column_means(mse):
     return np.where(finite, mse, 0).sum(axis=1, dtype=np.float64) / finite.sum(axis=1)
 
 
-def cell(mse, n):
-    """One cell: the mean over runs ± the between-run interval after n steps, and how many tasks
-    of all runs diverged by then (inf or NaN) and are left out of it."""
-    mean_and_interval = experiment.between_runs(column_means(mse)[:, n])
-    text = "%s ± %s" % tuple(map(experiment.number, mean_and_interval))
-    left_out = int(np.sum(~np.isfinite(mse[:, :, n])))
-    return text + (f" ({left_out} left out)" if left_out else "")
+def variant_numbers(curves, per_step):
+    """One variant's numbers, for each K and n = 1, 5, 10: the mean over runs of each run's
+    column mean, its between-run interval, the tasks of all runs that have overflowed by then
+    (left out); the tasks ending worse (a NaN counts as worse); the time per meta-step."""
+    numbers = dict(ms_per_step=1e3 * per_step, cells={})
+    for k, mse in curves.items():
+        means = column_means(mse)
+        numbers["cells"][k] = dict(
+            worse=int(np.sum(~(mse[:, :, -1] <= mse[:, :, 0]))),
+            tasks=int(mse.shape[0] * mse.shape[1]),
+            steps={n: dict(zip(("mean", "half"), report.between_runs(means[:, n])),
+                           left_out=int(np.sum(~np.isfinite(mse[:, :, n])))) for n in (1, 5, 10)})
+    return numbers
 
 
-def table(results, seeds, n_tasks, steps):
-    """The markdown table: MSE after 1, 5 and 10 steps, between-run intervals, and time per step."""
-    lines = [f"Held-out MSE on {n_tasks} tasks (the same for every variant) after n steps: mean of "
-             f"{seeds} runs ± 95% between-run interval (Student's t, {seeds - 1} degrees of "
-             f"freedom); {steps:,} meta-training steps of 25 tasks, K = 10, alpha = 0.01. A task "
-             "whose MSE has overflowed (inf or NaN) after n steps is left out of that cell's mean, "
-             "and counted there (all runs together).", "",
+def cell_text(c):
+    text = f"{report.number(c['mean'])} ± {report.number(c['half'])}"
+    return text + (f" ({c['left_out']} left out)" if c["left_out"] else "")
+
+
+def render(data):
+    """figures/variants.md, from the data alone."""
+    env = data["environment"]
+    lines = [f"Measured on {env['processor']}, jax {env['jax']}, {env['device']}; {data['when']}.",
+             "", f"Command: `{data['command']}`", "",
+             f"Held-out MSE on {data['eval_tasks']} tasks (the same for every variant) after n "
+             f"steps: mean of {data['seeds']} runs ± 95% between-run interval (Student's t, "
+             f"{data['seeds'] - 1} degrees of freedom); {data['steps']:,} meta-training steps of "
+             "25 tasks, K = 10, alpha = 0.01. A task whose MSE has overflowed (inf or NaN) after n "
+             "steps is left out of that cell's mean, and counted there (all runs together).", "",
              "| variant | K | n = 1 | n = 5 | n = 10 | tasks ending worse, all runs | "
              "ms per meta-step of all runs |", "|---|---|---|---|---|---|---|"]
-    for name, (curves, per_step) in results.items():
-        for k, mse in curves.items():
-            worse = int(np.sum(~(mse[:, :, -1] <= mse[:, :, 0])))  # NaN counts as worse
-            lines.append(f"| {name} | {k} | " + " | ".join(cell(mse, n) for n in (1, 5, 10))
-                         + f" | {worse} of {mse.shape[0] * n_tasks} | {1e3 * per_step:.3f} |")
+    for name, v in data["variants"].items():
+        for k, c in v["cells"].items():
+            lines.append(f"| {name} | {k} | " + " | ".join(cell_text(c["steps"][n]) for n in
+                                                           ("1", "5", "10"))
+                         + f" | {c['worse']} of {c['tasks']} | {v['ms_per_step']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=experiment.SETUPS["paper"]["steps"])
     ap.add_argument("--eval-tasks", type=int, default=600)
     ap.add_argument("--only", default=",".join(VARIANTS), help="variants to train, comma-separated")
-    ap.add_argument("--out", default="figures/variants.md")
+    ap.add_argument("--out", default="figures", help="folder for variants.json and variants.md")
     args = ap.parse_args()
     if args.seeds < 2 or args.steps < 1 or args.eval_tasks < 2:
         ap.error("expected --seeds >= 2, --steps >= 1 and --eval-tasks >= 2")
     unknown = set(args.only.split(",")) - set(VARIANTS)
     if unknown:
-        ap.error(f"argument --only: unknown variant(s) {sorted(unknown)}; expected some of {list(VARIANTS)}")
+        ap.error(f"argument --only: unknown variant(s) {sorted(unknown)}; "
+                 f"expected some of {list(VARIANTS)}")
+    return args
+
+
+def main():
+    args = parse_args()
+    os.makedirs(args.out, exist_ok=True)
     setup = dict(experiment.SETUPS["paper"], steps=args.steps)
     test_key = experiment.run_keys(args.seed, 1)[4, 0]  # experiment.py's held-out tasks
     test = experiment.eval_tasks(test_key, args.eval_tasks, max(experiment.EVAL_KS),
                                  setup["amp_range"])
-    results, t0 = {}, time.perf_counter()
+    variants, t0 = {}, time.perf_counter()
     for name in args.only.split(","):
-        results[name] = run_variant(name, setup, args.seeds, args.seed, test)
+        variants[name] = variant_numbers(*run_variant(name, setup, args.seeds, args.seed, test))
         print(f"{name}: trained and evaluated, {time.perf_counter() - t0:.0f} s so far", flush=True)
-    command = "python -m scripts.variants " + " ".join(sys.argv[1:])
-    text = (f"Measured on {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
-            f"{jax.devices()[0].platform}; "
-            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.\n\n"
-            f"Command: `{command.strip()}`\n\n" + table(results, args.seeds, args.eval_tasks, args.steps))
+    data = report.plain(dict(
+        command=" ".join(["python -m scripts.variants", *sys.argv[1:]]), seeds=args.seeds,
+        steps=args.steps, eval_tasks=args.eval_tasks, environment=report.environment(),
+        when=f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        variants=variants))
+    text = render(data)
     print(text, end="")
-    experiment.write_whole(args.out, lambda f: f.write(text.encode()))
+    report.write_json(os.path.join(args.out, "variants.json"), data)
+    report.write_whole(os.path.join(args.out, "variants.md"), lambda f: f.write(text.encode()))
 
 
 if __name__ == "__main__":
