@@ -28,6 +28,7 @@ One measurement, as the driver runs it:
 """
 import argparse
 import json
+import math
 import os
 import re
 import shlex
@@ -264,7 +265,8 @@ def setting_flags(key, setting):
 
 
 def measure_once(key, setting, steps, pythons, peers):
-    """One fresh process of one implementation: its ms per step, or None when it failed."""
+    """One fresh process of one implementation: its ms per step and final loss (None if it is not
+    a finite number), or None when the process failed."""
     label, python, command, env = IMPLS[key]
     stdout = run([pythons[python], *[c.format(peers=peers) for c in command],
                   *setting_flags(key, setting), "--steps", str(steps)], env)
@@ -273,36 +275,41 @@ def measure_once(key, setting, steps, pythons, peers):
         return None
     print(f"{setting:5s} {label:58s} {float(match[2]):8.4f} ms/step, final loss {match[4]}",
           flush=True)
-    return float(match[2])
+    loss = float(match[4])
+    return dict(ms=float(match[2]), final_loss=loss if math.isfinite(loss) else None)
 
 
 # -8<- [start:rounds]
 def measure(keys, settings, rounds, steps, pythons, peers):
-    """{key: {setting: [ms per step, one per round; None where the run failed]}}; every run a
-    fresh process, every other round in reverse order."""
-    ms = {key: {setting: [] for setting in settings} for key in keys}
+    """{key: {setting: [one measure_once per round]}}; every run a fresh process, every other
+    round in reverse order."""
+    runs = {key: {setting: [] for setting in settings} for key in keys}
     for r in range(rounds):
         print(f"round {r + 1} of {rounds}", flush=True)
         for setting in settings:
             for key in keys if r % 2 == 0 else keys[::-1]:
-                ms[key][setting].append(measure_once(key, setting, steps, pythons, peers))
-    return ms
+                runs[key][setting].append(measure_once(key, setting, steps, pythons, peers))
+    return runs
 # -8<- [end:rounds]
 
 
-def timing(rounds):
-    """Every round's ms per step, and the median, min and max of those that ran."""
+def timing(runs):
+    """Every round's ms per step and final loss (None where the run failed), and the median,
+    min and max of the times of those that ran."""
+    rounds = [run and run["ms"] for run in runs]
+    losses = [run and run["final_loss"] for run in runs]
     done = [v for v in rounds if v is not None]
     if not done:
-        return dict(rounds=rounds, median=None, min=None, max=None)
-    return dict(rounds=rounds, median=statistics.median(done), min=min(done), max=max(done))
+        return dict(rounds=rounds, final_loss=losses, median=None, min=None, max=None)
+    return dict(rounds=rounds, final_loss=losses, median=statistics.median(done), min=min(done),
+                max=max(done))
 
 
-def speedup(ms, ours, baseline, setting):
+def speedup(timings, ours, baseline, setting):
     """Baseline ms / our ms, one per round in which both ran (against the fastest variant of the
     baseline in that round), and their median."""
-    mine = ms.get(ours, {}).get(setting, [])
-    theirs = [ms[b][setting] for b in BASELINES[baseline] if b in ms]
+    mine = timings[ours][setting]["rounds"]
+    theirs = [timings[b][setting]["rounds"] for b in BASELINES[baseline] if b in timings]
     ratios = []
     for o, *b in zip(mine, *theirs):
         done = [v for v in b if v is not None]
@@ -322,14 +329,9 @@ def targets(speedups):
     return out
 
 
-def median_ms(ms, key, setting):
-    """The median ms per step of one implementation at one setting; None if it never ran."""
-    return timing(ms[key][setting])["median"] if key in ms else None
-
-
 def with_rates(costs, train_ms):
     """A setting's costs, with the rate of the maths and of the training loop (from its median
-    ms per step), each as GFLOP/s and as a share of the large-product rate."""
+    ms per step, if it ran), each as GFLOP/s and as a share of the large-product rate."""
     def rate(seconds):
         gflops = costs["mflop"] * 1e6 / seconds / 1e9
         return dict(gflops=gflops, share=gflops / costs["big_gflops"])
@@ -337,11 +339,13 @@ def with_rates(costs, train_ms):
                                   train=rate(train_ms / 1e3) if train_ms else None))
 
 
-def results(ms, costs, args, torch_version, loads):
+def results(runs, costs, args, torch_version, loads):
     """Everything the run measured, as data: figures/benchmark.json."""
     settings = args.settings.split(",")
-    speedups = {ours: {s: {b: speedup(ms, ours, b, s) for b in BASELINES} for s in settings}
-                for ours in OURS if ours in ms}
+    timings = {key: {s: timing(runs[key][s]) for s in settings} for key in runs}
+    speedups = {ours: {s: {b: speedup(timings, ours, b, s) for b in BASELINES} for s in settings}
+                for ours in OURS if ours in timings}
+    train = timings.get("train", {})
     torch = {"TORCH_PYTHON": "<a Python with torch>"} if args.torch_from_env else None
     return dict(
         command=record.command("scripts.bench", args.argv,
@@ -349,10 +353,9 @@ def results(ms, costs, args, torch_version, loads):
         machine=record.machine(torch=torch_version), when=record.now(),
         load=dict(before=loads[0], after=loads[1]), rounds=args.rounds, steps=args.steps,
         settings={s: SETTINGS[s] for s in settings},
-        implementations={key: IMPLS[key][0] for key in ms},
-        ms_per_step={key: {s: timing(ms[key][s]) for s in settings} for key in ms},
+        implementations={key: IMPLS[key][0] for key in runs}, ms_per_step=timings,
         speedups=speedups, targets=targets(speedups),
-        costs={s: with_rates(c, median_ms(ms, "train", s)) for s, c in costs.items()})
+        costs={s: with_rates(c, train.get(s, {}).get("median")) for s, c in costs.items()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,9 +530,9 @@ def main(argv=None):
     keys = available(keys, peers, torch)
     load_before = record.load()
     pythons = {"jax": sys.executable, "torch": args.torch_python}
-    ms = measure(keys, settings, args.rounds, args.steps, pythons, peers)
+    runs = measure(keys, settings, args.rounds, args.steps, pythons, peers)
     costs = {} if args.no_costs else measure_costs(settings)
-    data = results(ms, costs, args, torch, (load_before, record.load()))
+    data = results(runs, costs, args, torch, (load_before, record.load()))
     table = record.write(args.out, data, render, ".md")
     print("\n" + table, end="")
     print(f"written to {args.out} and {record.text_path(args.out, '.md')}")
