@@ -17,6 +17,7 @@ Run from the repository root:
 import argparse
 import os
 import sys
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +65,7 @@ def top_eigenvalue(params, x1, y1, iters=300):
 def all_eigenvalues(params, x1, y1):
     """top_eigenvalue for every run (params carry a run axis) and every task: (runs, tasks)."""
     def one_run(p):
-        return vmap(lambda a, b: top_eigenvalue(p, a, b))(x1, y1)
+        return vmap(partial(top_eigenvalue, p))(x1, y1)
     return vmap(one_run)(params)
 
 
