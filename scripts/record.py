@@ -27,7 +27,7 @@ def command(module, argv, hide=None, env=None):
     hide = hide or {}
     words = [f"{name}={text}" for name, text in (env or {}).items()] + ["python", "-m", module]
     for before, word in zip([None, *argv], argv):
-        flag, eq, value = word.partition("=")
+        flag, eq, _ = word.partition("=")
         if before in hide:
             words.append(hide[before])
         elif eq and flag in hide:
