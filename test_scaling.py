@@ -1,7 +1,9 @@
 """The unchanged `maml.step` with its task axis sharded over devices, and split over processes.
 
-Both tests run the scripts of docs/scaling.md in fresh Python processes: the number of CPU devices
-and jax.distributed are fixed when JAX starts, so this pytest process cannot change them.
+Both tests run the scripts that docs/scaling.md shows, scripts/sharding.py and
+scripts/distributed.py, as `python -m scripts.NAME` from the repository root, in fresh Python
+processes: the number of CPU devices and jax.distributed are fixed when JAX starts, so this pytest
+process cannot change them.
 
 Tolerance, in both: rtol 1e-5, atol 1e-6. A sharded step adds the same float32 numbers in another
 order (each device sums its own tasks, an all-reduce sums the devices), which moves results by a
@@ -31,13 +33,14 @@ def cpu_env(**extra):
 
 
 def test_one_step_with_tasks_sharded_over_4_devices_matches_one_device():
-    """docs/sharding.py on 4 CPU devices: the meta-batch's 28 tasks split 7 per device, the
+    """scripts/sharding.py on 4 CPU devices: the meta-batch's 28 tasks split 7 per device, the
     optimizer state replicated. The script itself asserts that one `maml.step` gives the same loss
     and optimizer state (parameters and Adam's moments) as on one device, within rtol 1e-5 and
     atol 1e-6 (float32 sums in another order), and that every input array lies on all 4 devices,
     7 tasks on each. Here: it exits 0 and its summary says 4 devices and an all-reduce."""
-    run = subprocess.run([sys.executable, "docs/sharding.py"], cwd=ROOT, capture_output=True, text=True,
-                         env=cpu_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"), timeout=120)
+    run = subprocess.run([sys.executable, "-m", "scripts.sharding"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120,
+                         env=cpu_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
     assert run.returncode == 0, run.stdout + run.stderr[-4000:]
     summary = run.stdout.strip().splitlines()[-1]
     assert summary.startswith("sharding.py: 4 devices (cpu), 28 tasks, 7 per device;"), summary
@@ -53,7 +56,7 @@ def free_port():
 
 def test_two_processes_with_half_the_tasks_each_train_like_one_process(tmp_path):
     """Two processes on 127.0.0.1 join with jax.distributed.initialize (CPU, gloo), one device
-    each, and run docs/distributed.py's 5 `maml.step`s, each holding 13 of every meta-batch's 26
+    each, and run scripts/distributed.py's 5 `maml.step`s, each holding 13 of every meta-batch's 26
     tasks. Both must end with the losses and parameters of this process running the same 5 steps
     on all 26 tasks on one device, within rtol 1e-5 and atol 1e-6 (float32 sums in another order).
     Both processes are stopped in all cases: when done, when one fails, or after 120 s."""
@@ -64,7 +67,7 @@ def test_two_processes_with_half_the_tasks_each_train_like_one_process(tmp_path)
         for p in range(2):
             with open(logs[p], "w") as log:  # a file, not a pipe: a full pipe would stall the process
                 procs.append(subprocess.Popen(
-                    [sys.executable, "docs/distributed.py", str(outs[p]), "--coordinator", f"127.0.0.1:{port}",
+                    [sys.executable, "-m", "scripts.distributed", str(outs[p]), "--coordinator", f"127.0.0.1:{port}",
                      "--num-processes", "2", "--process-id", str(p)],
                     cwd=ROOT, env=cpu_env(), stdout=log, stderr=subprocess.STDOUT))
         # Wait for both, but not past the deadline, nor once one has failed: its partner would

@@ -3,16 +3,21 @@
 One gradient step of size alpha multiplies the error along an eigenvector of the support loss's
 Hessian, of eigenvalue lambda, by (1 - alpha lambda): near the meta-learned parameters, repeated
 steps grow that error once lambda > 2 / alpha. For every run of MAML that `experiment.py` trained
-and saved (figures/paper/params.npz, figures/code/params.npz), this measures the largest eigenvalue
-on each held-out task at the meta-learned parameters, and sets it beside the tasks whose MSE ended
-10 steps higher than it started. Writes the table the Results page shows.
+and saved (figures/paper and figures/code: params.npz, results.json), this measures the largest
+eigenvalue on each held-out task at the meta-learned parameters, and sets it beside the tasks
+whose MSE ended 10 steps higher than it started. It writes every task's eigenvalue, the tasks
+that ended worse and the counts as JSON, and the table the Results page shows beside it.
 
-    python docs/curvature.py                                # figures/curvature.txt
-    python docs/curvature.py --tasks 40 --out /tmp/c.txt    # a quick look at the first 40 tasks
+Run from the repository root:
+
+    python -m scripts.curvature                 # figures/curvature.json and figures/curvature.txt
+    python -m scripts.curvature --tasks 40 --out /tmp/c.json   # the first 40 tasks, a quick look
+    python -m scripts.curvature --figures /tmp/runs   # the runs saved in /tmp/runs/{paper,code}
 """
 import argparse
 import os
 import sys
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -21,10 +26,10 @@ from jax import grad, jit, lax, random, vmap
 from jax.flatten_util import ravel_pytree
 from jax.tree_util import tree_structure, tree_unflatten
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # maml and experiment
-import experiment  # noqa: E402
-import maml  # noqa: E402
+import experiment
+import maml
+import report
+from scripts import record
 
 
 # -8<- [start:eigenvalue]
@@ -35,8 +40,14 @@ def top_eigenvalue(params, x1, y1, iters=300):
     Power iteration finds the eigenvalue of largest magnitude, mu. If it is negative, a second
     pass on H - mu I (whose eigenvalues are all >= 0) finds the largest one, shifted back."""
     theta, unravel = ravel_pytree(params)
-    support_grad = grad(lambda t: maml.loss(unravel(t), x1, y1))
-    hvp = lambda v: jax.jvp(support_grad, (theta,), (v,))[1]
+
+    def support_loss(t):
+        return maml.loss(unravel(t), x1, y1)
+
+    support_grad = grad(support_loss)
+
+    def hvp(v):
+        return jax.jvp(support_grad, (theta,), (v,))[1]
 
     def power(shift):
         def body(_, v):
@@ -53,56 +64,126 @@ def top_eigenvalue(params, x1, y1, iters=300):
 @jit
 def all_eigenvalues(params, x1, y1):
     """top_eigenvalue for every run (params carry a run axis) and every task: (runs, tasks)."""
-    return vmap(lambda p: vmap(lambda a, b: top_eigenvalue(p, a, b))(x1, y1))(params)
+    def one_run(p):
+        return vmap(partial(top_eigenvalue, p))(x1, y1)
+    return vmap(one_run)(params)
 
 
-def load(setup):
-    """The MAML parameters of every run that `experiment.py --setup SETUP --out figures/SETUP`
-    saved, and its seed, step size and held-out task count."""
-    saved = np.load(os.path.join(ROOT, "figures", setup, "params.npz"))
+def load(folder):
+    """The MAML parameters of every run that `experiment.py --out FOLDER` saved (params.npz,
+    each leaf with its run axis first), and what that run's results.json says of them."""
+    saved = np.load(os.path.join(folder, "params.npz"))
     structure = tree_structure(maml.net_init(random.PRNGKey(0), (-1, 1))[1])
     leaves = [saved[f"MAML/{i}"] for i in range(structure.num_leaves)]
-    return (tree_unflatten(structure, leaves), int(saved["seed"]), float(saved["alpha"]),
-            int(saved["eval_tasks"]), tuple(saved["amp_range"].tolist()))
+    return tree_unflatten(structure, leaves), report.read_json(os.path.join(folder, "results.json"))
 
 
-def measure(setup, n_tasks=None):
-    """One line of the table for each K: eigenvalues against 2 / alpha, and the tasks that got worse."""
-    params, seed, alpha, eval_tasks, amp_range = load(setup)
-    test_key = experiment.run_keys(seed, 1)[4, 0]  # experiment.py's held-out tasks
-    test = experiment.eval_tasks(test_key, eval_tasks, max(experiment.EVAL_KS), amp_range)
-    test = tuple(a[:n_tasks] for a in test[:2]) + (test[2], test[3][:n_tasks])
-    runs, lines = len(params[0][0]), []
-    for k in experiment.EVAL_KS:
+def held_out(results, n_tasks=None):
+    """The held-out tasks experiment.py evaluated on (drawn from run 0's test key), or the first
+    n_tasks of them."""
+    test_key = experiment.run_keys(results["seeds"][0], 1)[4, 0]
+    x1, y1, x_test, y_test = experiment.eval_tasks(
+        test_key, results["eval_tasks"], max(experiment.EVAL_KS),
+        tuple(results["setup"]["amp_range"]))
+    return x1[:n_tasks], y1[:n_tasks], x_test, y_test[:n_tasks]
+
+
+def f32(x):
+    """A float32 as a JSON number: the shortest decimal that reads back as the same float32 (half
+    the digits of its float64, and nothing lost)."""
+    return float(np.format_float_positional(np.float32(x), unique=True))
+
+
+def run_record(seed, step_size, lam, curve):
+    """One run at one K: every task's top eigenvalue, the tasks that ended worse (MSE after the
+    last step above the MSE before, or not finite) with their MSEs, and the counts."""
+    before, after = curve[:, 0], curve[:, -1]
+    worse = ~(after <= before)  # NaN counts as worse
+    threshold = 2 / f32(step_size)
+    steep = lam > threshold
+    finite = np.isfinite(after)
+    return dict(seed=seed, step_size=f32(step_size), threshold=threshold,
+                eigenvalues=[f32(x) for x in lam],
+                worse_tasks=[dict(task=int(t), eigenvalue=f32(lam[t]), mse_before=f32(before[t]),
+                                  mse_after=f32(after[t]) if finite[t] else None)
+                             for t in np.flatnonzero(worse)],
+                counts=dict(tasks=len(lam), steep=int(steep.sum()), worse=int(worse.sum()),
+                            both=int((steep & worse).sum()), overflowed=int((~finite).sum()),
+                            worst_mse=f32(after[finite].max()) if finite.any() else None))
+
+
+def summary(runs):
+    """The numbers of one K over every task of every run: the eigenvalues' median, 99th
+    percentile and maximum, and the counts summed."""
+    lam = np.concatenate([r["eigenvalues"] for r in runs])
+    counts = {name: sum(r["counts"][name] for r in runs)
+              for name in ("tasks", "steep", "worse", "both", "overflowed")}
+    worst = [r["counts"]["worst_mse"] for r in runs if r["counts"]["worst_mse"] is not None]
+    return dict(runs=len(runs), median=f32(np.median(lam)), p99=f32(np.percentile(lam, 99)),
+                max=f32(lam.max()), **counts, worst_mse=max(worst) if worst else None)
+
+
+def measure(folder, n_tasks=None):
+    """One setup's record: for each K that experiment.py evaluated MAML at, every run's
+    eigenvalues and tasks that ended worse, each run with the step size it adapted with."""
+    params, results = load(folder)
+    test = held_out(results, n_tasks)
+    ks = []
+    for cell in (c for c in results["cells"] if c["model"] == "MAML"):
+        k, sizes = cell["k"], np.asarray(cell["step_sizes"], np.float32)
         lam = np.asarray(all_eigenvalues(params, test[0][:, :k], test[1][:, :k]))
-        curves = experiment.run_curves(params, test, k, np.full(runs, alpha, np.float32))
-        worse = ~(curves[:, :, -1] <= curves[:, :, 0])  # NaN counts as worse
-        steep = lam > 2 / alpha
-        lines.append(f"{setup:<6}{alpha:>7g}{2 / alpha:>9g}{k:>4}{runs:>6}{lam.size:>7}"
-                     f"{np.median(lam):>10.1f}{np.percentile(lam, 99):>10.1f}{lam.max():>10.1f}"
-                     f"{steep.sum():>10}{worse.sum():>10}{(steep & worse).sum():>10}"
-                     f"{experiment.number(np.nanmax(np.where(np.isnan(curves[:, :, -1]), np.inf, curves[:, :, -1]))):>11}")
-    return lines
+        curves = experiment.run_curves(params, test, k, sizes)
+        runs = [run_record(seed, a, l, c)
+                for seed, a, l, c in zip(results["seeds"], sizes, lam, curves)]
+        ks.append(dict(k=k, summary=summary(runs), runs=runs))
+    return dict(setup=results["setup_name"], alpha=results["setup"]["alpha"],
+                seeds=results["seeds"], eval_tasks=results["eval_tasks"],
+                tasks_measured=len(test[0]), ks=ks)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--setups", default="paper,code")
+HEADER = ["Largest eigenvalue lambda of each held-out task's support-loss Hessian at MAML's "
+          "meta-learned parameters,", "against 2 / alpha; 'worse': the task's MSE after 10 "
+          "steps of size alpha is above its MSE before adapting;", "'tasks' counts every task "
+          "of every run; 'both': tasks above 2 / alpha that also ended worse; 'worst MSE': the "
+          "highest", "MSE after 10 steps of any task of any run (inf: it overflowed)."]
+
+
+def render(data):
+    """The text table, from the data alone: one line per setup and K."""
+    lines = HEADER + [f"{'setup':<6}{'alpha':>7}{'2/alpha':>9}{'K':>4}{'runs':>6}{'tasks':>7}"
+                      f"{'median':>10}{'99th pct':>10}{'max':>10}{'> 2/alpha':>10}{'worse':>10}"
+                      f"{'both':>10}{'worst MSE':>11}"]
+    for s in data["setups"]:
+        for k in s["ks"]:
+            n = k["summary"]
+            worst = "inf" if n["overflowed"] else report.number(n["worst_mse"])
+            lines.append(f"{s['setup']:<6}{s['alpha']:>7g}{2 / s['alpha']:>9g}{k['k']:>4}"
+                         f"{n['runs']:>6}{n['tasks']:>7}{n['median']:>10.1f}{n['p99']:>10.1f}"
+                         f"{n['max']:>10.1f}{n['steep']:>10}{n['worse']:>10}{n['both']:>10}"
+                         f"{worst:>11}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m scripts.curvature", allow_abbrev=False,
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("--setups", default="paper,code", help="the setups to measure (paper,code)")
+    ap.add_argument("--figures", default=os.path.join(record.ROOT, "figures"), metavar="DIR",
+                    help="the folder that holds a folder of saved runs per setup (figures)")
     ap.add_argument("--tasks", type=int, default=None, help="only the first N held-out tasks")
-    ap.add_argument("--out", default=os.path.join(ROOT, "figures", "curvature.txt"))
-    args = ap.parse_args()
-    header = (f"{'setup':<6}{'alpha':>7}{'2/alpha':>9}{'K':>4}{'runs':>6}{'tasks':>7}"
-              f"{'median':>10}{'99th pct':>10}{'max':>10}{'> 2/alpha':>10}{'worse':>10}{'both':>10}{'worst MSE':>11}")
-    lines = ["Largest eigenvalue lambda of each held-out task's support-loss Hessian at MAML's "
-             "meta-learned parameters,", "against 2 / alpha; 'worse': the task's MSE after 10 "
-             "steps of size alpha is above its MSE before adapting;", "'tasks' counts every task "
-             "of every run; 'both': tasks above 2 / alpha that also ended worse; 'worst MSE': the highest",
-             "MSE after 10 steps of any task of any run (inf: it overflowed).", header]
-    for setup in args.setups.split(","):
-        lines += measure(setup, args.tasks)
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    experiment.write_whole(args.out, lambda f: f.write(text.encode()))
+    ap.add_argument("--out", default=os.path.join(record.ROOT, "figures", "curvature.json"),
+                    help="the JSON to write; the table goes beside it, .txt "
+                    "(figures/curvature.json)")
+    args = ap.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    setups = [measure(os.path.join(args.figures, s), args.tasks) for s in args.setups.split(",")]
+    data = dict(command=record.command("scripts.curvature", args.argv), setups=setups)
+    print(record.write(args.out, data, render, ".txt"), end="")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """A few MAML meta-steps with the task axis split across processes (jax.distributed).
 
-Start one copy per process, all with the same coordinator (host:port of process 0) and count:
+Start one copy per process from the repository root, all with the same coordinator (host:port
+of process 0) and count:
 
-    python docs/distributed.py /tmp/p0.npz --coordinator 127.0.0.1:12345 --num-processes 2 --process-id 0 &
-    python docs/distributed.py /tmp/p1.npz --coordinator 127.0.0.1:12345 --num-processes 2 --process-id 1
+    python -m scripts.distributed /tmp/p0.npz --coordinator 127.0.0.1:12345 \
+        --num-processes 2 --process-id 0 &
+    python -m scripts.distributed /tmp/p1.npz --coordinator 127.0.0.1:12345 \
+        --num-processes 2 --process-id 1
 
 Without --coordinator it runs alone, on this process's devices. Each process holds only its share
 of every meta-batch's tasks; the unchanged `maml.step` averages the meta-gradient over all of them.
@@ -11,10 +14,6 @@ Each writes its final parameters, the loss of every step and which task rows it 
 file, for test_scaling.py to compare with one process training on all the tasks.
 """
 import argparse
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `import maml` and `experiment` from docs/
 
 import jax
 import numpy as np
@@ -24,9 +23,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import experiment
 import maml
 
-ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap = argparse.ArgumentParser(prog="python -m scripts.distributed",
+                             description=__doc__.splitlines()[0])
 ap.add_argument("out", help=".npz file for this process's results")
-ap.add_argument("--coordinator", help="host:port of process 0; leave out to run as a single process")
+ap.add_argument("--coordinator",
+                help="host:port of process 0; leave out to run as a single process")
 ap.add_argument("--num-processes", type=int, default=1)
 ap.add_argument("--process-id", type=int, default=0)
 ap.add_argument("--steps", type=int, default=5, help="meta-steps to run")
@@ -54,23 +55,26 @@ k = experiment.SETUPS["paper"]["k"]
 
 def local_rows(sharding, shape):
     """The task rows this process's devices hold, in order: the rows it must supply."""
-    spans = {index[0].indices(shape[0])[:2] for index in sharding.addressable_devices_indices_map(shape).values()}
+    indices = sharding.addressable_devices_indices_map(shape).values()
+    spans = {index[0].indices(shape[0])[:2] for index in indices}
     return np.concatenate([np.arange(start, stop) for start, stop in sorted(spans)])
 # -8<- [end:mesh]
 
 # -8<- [start:train]
 # Every process starts from the same parameters (same key) and hands its copy in as the replica.
 _, params = maml.net_init(random.PRNGKey(INIT_SEED), (-1, 1))
-opt_state = jax.tree.map(lambda a: jax.make_array_from_process_local_data(replicated, np.asarray(a)),
-                         maml.opt_init(params))
+opt_state = jax.tree.map(
+    lambda a: jax.make_array_from_process_local_data(replicated, np.asarray(a)),
+    maml.opt_init(params))
 rows = local_rows(by_task, (n_tasks, k, 1))
 losses = []
-keys = np.asarray(random.split(random.PRNGKey(TASK_SEED), args.steps))  # as experiment.train splits them
+keys = np.asarray(random.split(random.PRNGKey(TASK_SEED), args.steps))  # as experiment.train does
 for i in range(args.steps):
-    # Each process draws step i's whole meta-batch from the same key (the batch experiment.train draws
-    # at step i) and keeps only its own rows. With a real data set, it would load only those rows.
+    # Each process draws step i's whole meta-batch from the same key (the batch experiment.train
+    # draws at step i) and keeps only its own rows. With a real data set, it would load only those.
     batch = maml.sample_tasks(keys[i], n_tasks, k)
-    global_batch = [jax.make_array_from_process_local_data(by_task, np.asarray(a)[rows], a.shape) for a in batch]
+    global_batch = [jax.make_array_from_process_local_data(by_task, np.asarray(a)[rows], a.shape)
+                    for a in batch]
     opt_state, loss = maml.step(i, opt_state, *global_batch)
     losses.append(loss)
 # -8<- [end:train]
@@ -84,10 +88,11 @@ for full, part in zip(batch, global_batch):
 # The loss and the new state are replicated, so every process holds them whole and np.asarray reads
 # its own copy. (On the task arrays it would raise: no process holds all of those.)
 final = [np.asarray(p) for p in jax.tree.leaves(maml.get_params(opt_state))]
-np.savez(args.out, losses=np.array([np.asarray(l) for l in losses]), rows=rows, n_tasks=n_tasks, k=k,
-         steps=args.steps, init_seed=INIT_SEED, task_seed=TASK_SEED, process_index=jax.process_index(),
-         process_count=jax.process_count(), device_count=jax.device_count(),
-         **{f"param_{j}": p for j, p in enumerate(final)})
+np.savez(args.out, losses=np.array([np.asarray(l) for l in losses]), rows=rows, n_tasks=n_tasks,
+         k=k, steps=args.steps, init_seed=INIT_SEED, task_seed=TASK_SEED,
+         process_index=jax.process_index(), process_count=jax.process_count(),
+         device_count=jax.device_count(), **{f"param_{j}": p for j, p in enumerate(final)})
 print(f"distributed.py: process {jax.process_index()} of {jax.process_count()}, "
-      f"{jax.local_device_count()} of {jax.device_count()} devices, tasks {rows[0]}..{rows[-1]} of {n_tasks}; "
+      f"{jax.local_device_count()} of {jax.device_count()} devices, "
+      f"tasks {rows[0]}..{rows[-1]} of {n_tasks}; "
       f"loss {float(losses[0]):.4f} -> {float(losses[-1]):.4f}")

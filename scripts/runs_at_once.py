@@ -1,84 +1,123 @@
 """What N runs trained at once (`experiment.py --seeds N`) cost, next to N separate runs.
 
 Each measurement is a fresh `python experiment.py --seeds N --steps S` (the paper's setting,
-evaluated on 600 tasks, figures written to a temporary folder), timed whole from outside, with
-its own steady-state time per meta-step from its `meta-training:` line. The rest of the wall time
-is the part that does not grow with the steps: start-up, compiling, evaluation, figures. The sizes
-are interleaved over --rounds rounds; the table gives medians, and from the two parts, what a full
-run of 70,000 steps costs at once against N separate runs.
+evaluated on 600 tasks, its files written to a temporary folder), timed whole from outside, with
+its own steady-state time per meta-step from the results.json it writes. The rest of the wall
+time is the part that does not grow with the steps: start-up, compiling, evaluation, figures. The
+sizes are interleaved over --rounds rounds; the table gives medians, and from the two parts, what
+a full run of 70,000 steps costs at once against N separate runs.
 
-    python docs/runs_at_once.py                                    # figures/runs_at_once.md
-    python docs/runs_at_once.py --sizes 1,16,64 --out /tmp/gpu.md  # on a GPU
+Run from the repository root; it writes the measurements as JSON (--out) and the table rendered
+from them beside it, .md:
+
+    python -m scripts.runs_at_once          # figures/runs_at_once.json and .md
+    python -m scripts.runs_at_once --sizes 1,16,64 --out /tmp/gpu.json   # on a GPU
 """
 import argparse
-import datetime
 import os
-import platform
-import re
-import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import report
+from scripts import record
+
 FULL = 70_000  # the paper's meta-training steps
 
 
 def measure(runs, steps, eval_tasks):
-    """(wall seconds of the whole program, its steady-state seconds per meta-step of all runs)."""
+    """One fresh `experiment.py --seeds RUNS`: the wall seconds of the whole program, and what its
+    results.json says: its steady-state ms per meta-step of all runs, and the device."""
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        result = subprocess.run([sys.executable, "experiment.py", "--seeds", str(runs), "--steps",
-                                 str(steps), "--eval-tasks", str(eval_tasks), "--out", out], cwd=ROOT, capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "experiment.py", "--seeds", str(runs), "--steps",
+                               str(steps), "--eval-tasks", str(eval_tasks), "--out", out],
+                              cwd=record.ROOT, capture_output=True, text=True)
         wall = time.perf_counter() - t0
-    if result.returncode != 0:
-        sys.exit(f"runs_at_once.py: experiment.py --seeds {runs} failed:\n{result.stderr[-2000:]}")
-    return wall, 1e-3 * float(re.search(r"meta-training: ([0-9.]+) ms per meta-step", result.stdout)[1])
+        if done.returncode != 0:
+            sys.exit(f"runs_at_once: experiment.py --seeds {runs} failed:\n{done.stderr[-2000:]}")
+        results = report.read_json(os.path.join(out, "results.json"))
+    return dict(wall_s=wall, ms_per_step=results["ms_per_step"],
+                device=results["environment"]["device"])
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="1,4,16")
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--eval-tasks", type=int, default=600)
-    ap.add_argument("--out", default=os.path.join(ROOT, "figures", "runs_at_once.md"))
-    args = ap.parse_args()
-    sizes = [int(n) for n in args.sizes.split(",")]
+def measure_all(sizes, rounds, steps, eval_tasks):
+    """{size: [one measurement per round]}, the sizes interleaved, every other round reversed."""
     got = {n: [] for n in sizes}
-    for r in range(args.rounds):
+    for r in range(rounds):
         for n in sizes if r % 2 == 0 else sizes[::-1]:
-            got[n].append(measure(n, args.steps, args.eval_tasks))
-            print(f"round {r + 1}: {n:>3} runs at once: {got[n][-1][0]:.1f} s in all, "
-                  f"{1e3 * got[n][-1][1]:.3f} ms per meta-step", flush=True)
-    import jax
-    med = {n: (statistics.median(w for w, _ in got[n]), statistics.median(s for _, s in got[n]))
-           for n in sizes}
-    fixed = {n: max(0.0, w - args.steps * s) for n, (w, s) in med.items()}
-    full = {n: fixed[n] + FULL * med[n][1] for n in sizes}
+            got[n].append(measure(n, steps, eval_tasks))
+            print(f"round {r + 1}: {n:>3} runs at once: {got[n][-1]['wall_s']:.1f} s in all, "
+                  f"{got[n][-1]['ms_per_step']:.3f} ms per meta-step", flush=True)
+    return got
+
+
+def size_numbers(runs, rounds, steps):
+    """One size's medians, its fixed part (the wall time less the steps' steady-state time) and
+    the estimated time of a full run (the fixed part plus 70,000 steps)."""
+    wall = statistics.median(r["wall_s"] for r in rounds)
+    ms = statistics.median(r["ms_per_step"] for r in rounds)
+    fixed = max(0.0, wall - steps * ms / 1e3)
+    return dict(runs=runs, rounds=rounds, wall_s=wall, ms_per_step=ms, ms_per_run_step=ms / runs,
+                fixed_s=fixed, full_run_s=fixed + FULL * ms / 1e3)
+
+
+def results(got, args):
+    """Everything the run measured, as data: figures/runs_at_once.json. `at_once_over_separately`:
+    a full run of N at once against N / n full runs of the first size n, one after another."""
+    sizes = [size_numbers(n, rounds, args.steps) for n, rounds in got.items()]
     one = sizes[0]
-    lines = [f"Measured on {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
-             f"{jax.devices()[0].device_kind}; "
-             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load average "
-             f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())} after.", "",
-             f"Command: `{shlex.join(['python', 'docs/runs_at_once.py', *sys.argv[1:]])}`", "",
-             f"`python experiment.py --seeds N --steps {args.steps:,}` (paper setting, "
-             f"{args.eval_tasks} held-out tasks), each a fresh process, median of {args.rounds} rounds. The fixed part is the "
-             "wall time less the steps' steady-state time; a full run adds "
-             f"{FULL:,} steps to it.", "",
+    for s in sizes:
+        separately = s["runs"] / one["runs"] * one["full_run_s"]
+        s["at_once_over_separately"] = s["full_run_s"] / separately
+    device = sizes[0]["rounds"][0]["device"]
+    return dict(command=record.command("scripts.runs_at_once", args.argv),
+                machine=record.machine(device=device), when=record.now(), load_after=record.load(),
+                steps=args.steps, eval_tasks=args.eval_tasks, rounds=args.rounds, full_steps=FULL,
+                sizes=sizes)
+
+
+def render(data):
+    """The markdown table, from the data alone."""
+    lines = [f"Measured on {record.machine_text(data['machine'])}; {data['when']}; load average "
+             f"{'/'.join(f'{x:.2f}' for x in data['load_after'])} after.", "",
+             f"Command: `{data['command']}`", "",
+             f"`python experiment.py --seeds N --steps {data['steps']:,}` (paper setting, "
+             f"{data['eval_tasks']} held-out tasks), each a fresh process, median of "
+             f"{data['rounds']} rounds. The fixed part is the wall time less the steps' "
+             f"steady-state time; a full run adds {data['full_steps']:,} steps to it.", "",
              "| runs at once | ms per meta-step, all runs | ms per run-step | whole program, s | "
              "fixed part, s | a full run, s (estimate) | at once / separately, full run |",
              "|---|---|---|---|---|---|---|"]
-    for n in sizes:
-        wall, per_step = med[n]
-        lines.append(f"| {n} | {1e3 * per_step:.3f} | {1e3 * per_step / n:.3f} | {wall:.1f} | "
-                     f"{fixed[n]:.1f} | {full[n]:.0f} | {full[n] / (n / one * full[one]):.2f} |")
-    text = "\n".join(lines) + "\n"
+    lines += [f"| {s['runs']} | {s['ms_per_step']:.3f} | {s['ms_per_run_step']:.3f} | "
+              f"{s['wall_s']:.1f} | {s['fixed_s']:.1f} | {s['full_run_s']:.0f} | "
+              f"{s['at_once_over_separately']:.2f} |" for s in data["sizes"]]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m scripts.runs_at_once", allow_abbrev=False,
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1,4,16", help="runs at once, each size in turn (1,4,16)")
+    ap.add_argument("--steps", type=int, default=3000, help="meta-training steps of each (3000)")
+    ap.add_argument("--rounds", type=int, default=3, help="every size runs once a round (3)")
+    ap.add_argument("--eval-tasks", type=int, default=600, help="held-out tasks (600)")
+    ap.add_argument("--out", default=os.path.join(record.ROOT, "figures", "runs_at_once.json"),
+                    help="the JSON to write; the markdown goes beside it, .md "
+                    "(figures/runs_at_once.json)")
+    args = ap.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
+    args.sizes = [int(n) for n in args.sizes.split(",")]
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    got = measure_all(args.sizes, args.rounds, args.steps, args.eval_tasks)
+    text = record.write(args.out, results(got, args), render, ".md")
     print(text, end="")
-    with open(args.out, "w") as f:
-        f.write(text)
 
 
 if __name__ == "__main__":

@@ -2,18 +2,14 @@
 
 Run it from the repository root; on a CPU, make the host look like 4 devices first:
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=4 python docs/sharding.py
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m scripts.sharding
 
 It calls the unchanged `maml.step` twice on the same meta-batch: once on one device, once with the
 tasks split over all devices and the optimizer state copied to each. It stops with an error unless
 both give the same loss and optimizer state (to float32 rounding) and the tasks really were split;
 then it prints one line. docs/scaling.md shows its marked sections; test_scaling.py runs it.
 """
-import os
 import re
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `import maml` and `experiment` from docs/
 
 import jax
 import numpy as np
@@ -63,7 +59,8 @@ assert len(x1.sharding.device_set) == 1
 # The tasks really are spread: each device holds its own block of n_tasks / n_devices of them.
 per_device = n_tasks // n_devices
 for a, whole in zip(sharded_batch, (x1, y1, x2, y2)):
-    assert len(a.sharding.device_set) == jax.device_count() == n_devices == len(a.addressable_shards)
+    assert len(a.sharding.device_set) == jax.device_count() == n_devices
+    assert len(a.addressable_shards) == n_devices
     first_tasks = sorted(shard.index[0].indices(n_tasks)[0] for shard in a.addressable_shards)
     assert first_tasks == list(range(0, n_tasks, per_device))  # on 4 devices: tasks 0, 7, 14, 21
     for shard in a.addressable_shards:
@@ -81,15 +78,23 @@ for got, want in zip(jax.tree.leaves(new_state), jax.tree.leaves(ref_state), str
 # -8<- [start:hlo]
 # What XLA made of it: the collective operations in the compiled sharded step.
 hlo = maml.step.lower(0, sharded_state, *sharded_batch).compile().as_text()
-collectives = sorted(set(re.findall(r"\s(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)"
-                                    r"(?:-start)?\(", hlo)))
+collectives = sorted(set(re.findall(
+    r"\s(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)(?:-start)?\(", hlo)))
 # -8<- [end:hlo]
-assert n_devices == 1 or "all-reduce" in collectives, collectives  # the partial sums must be combined
+# The partial sums must be combined: on more than one device, an all-reduce.
+assert n_devices == 1 or "all-reduce" in collectives, collectives
 
-max_diff = lambda a, b: max(float(np.max(np.abs(np.asarray(u) - np.asarray(v))))
-                            for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-print(f"sharding.py: {n_devices} device{'s' * (n_devices != 1)} ({jax.devices()[0].platform}), {n_tasks} tasks, "
-      f"{n_tasks // n_devices} per device; sharded vs one device: loss {float(meta_loss):.6f}, "
-      f"max |diff| loss {max_diff(meta_loss, ref_loss):.2e}, "
+
+
+def max_diff(a, b):
+    """The largest absolute difference between two trees of arrays, over all their entries."""
+    return max(float(np.max(np.abs(np.asarray(u) - np.asarray(v))))
+               for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+print(f"sharding.py: {n_devices} device{'s' * (n_devices != 1)} ({jax.devices()[0].platform}), "
+      f"{n_tasks} tasks, {n_tasks // n_devices} per device; sharded vs one device: "
+      f"loss {float(meta_loss):.6f}, max |diff| loss {max_diff(meta_loss, ref_loss):.2e}, "
       f"params {max_diff(maml.get_params(new_state), maml.get_params(ref_state)):.2e}, "
-      f"optimizer state {max_diff(new_state, ref_state):.2e}; collectives: {', '.join(collectives) or 'none'}")
+      f"optimizer state {max_diff(new_state, ref_state):.2e}; "
+      f"collectives: {', '.join(collectives) or 'none'}")
