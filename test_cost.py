@@ -107,7 +107,7 @@ def stated_numbers(data):
     """Every number the Performance page's "What second order costs" states, as the page writes
     it (with a word or two of its context), recomputed from cost.json; and the facts that the
     sentences around them claim, asserted."""
-    from experiment import size
+    from preflight import readable as size
     from scripts.cost import fitted, ms
     step = {(p["mode"], p["S"]): p for p in points(data, sweep="inner steps")}
     batch = {(p["tasks"], p["K"]): p for p in points(data, sweep="meta-batch")}

@@ -31,6 +31,8 @@ from jax.tree_util import tree_map
 
 import experiment
 import maml
+import preflight
+import report
 from scripts import variants
 
 MODES = ("second order", "checkpointed", "first order")
@@ -189,11 +191,11 @@ def fitted(data, kind, y, x, **where):
 
 
 def steps_cell(p):
-    return f"{experiment.size(p['temp_bytes'])}, {ms(p['ms'])} ms"
+    return f"{preflight.readable(p['temp_bytes'])}, {ms(p['ms'])} ms"
 
 
 def batch_cell(p):
-    temp, args = experiment.size(p["temp_bytes"]), experiment.size(p["argument_bytes"])
+    temp, args = preflight.readable(p["temp_bytes"]), preflight.readable(p["argument_bytes"])
     return f"{temp} ({args}), {ms(p['ms'])} ms"
 
 
@@ -201,7 +203,7 @@ def steps_table(data):
     """Markdown: temporaries and time per meta-step against S, one column per mode."""
     points = select(data["points"], sweep="inner steps")
     fixed = sorted({(p["argument_bytes"], p["output_bytes"]) for p in points})
-    same = (f"arguments {experiment.size(fixed[0][0])} and outputs {experiment.size(fixed[0][1])}"
+    same = (f"arguments {preflight.readable(fixed[0][0])} and outputs {preflight.readable(fixed[0][1])}"
             " in every mode and at every S" if len(fixed) == 1 else
             "arguments and outputs vary: see cost.json")
     lines = [f"**Inner steps** S, {PAPER['tasks']} tasks of K = {PAPER['K']}: XLA's temporaries, "
@@ -232,7 +234,7 @@ def exponent_text(data, y, mode):
 
 def per_step_text(data, y, mode):
     value = fitted(data, "slope", y, "S", mode=mode)
-    return experiment.size(value) if y == "temp_bytes" else f"{ms(value)} ms"
+    return preflight.readable(value) if y == "temp_bytes" else f"{ms(value)} ms"
 
 
 def growth_table(data):
@@ -308,7 +310,7 @@ def figure(data, path):
             axis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="major", alpha=0.3)
         ax.legend()
-    experiment.save(fig, path)
+    report.save(fig, path)
 
 
 def main(argv=None):
@@ -334,9 +336,9 @@ def main(argv=None):
                 sizes=sizes, points=points, fits=[fit(s, points) for s in fit_specs(sizes)])
     text = tables(data)
     print(text, end="")
-    experiment.write_whole(os.path.join(args.out, "cost.json"),
+    report.write_whole(os.path.join(args.out, "cost.json"),
                            lambda f: f.write(json.dumps(data, indent=1).encode()))
-    experiment.write_whole(os.path.join(args.out, "cost.md"), lambda f: f.write(text.encode()))
+    report.write_whole(os.path.join(args.out, "cost.md"), lambda f: f.write(text.encode()))
     figure(data, os.path.join(args.out, "cost.png"))
     print(f"cost.json, cost.md and cost.png written to {args.out}/")
 
