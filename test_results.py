@@ -163,3 +163,51 @@ def test_the_baseline_lands_near_the_paper_under_code_and_below_it_under_the_tex
         maml_runs, _, _ = k5(setup, "MAML")
         base_runs, _, _ = k5(setup, "pretrained")
         assert maml_runs[:, 1].max() < base_runs[:, 10].min(), setup
+
+
+# ---- the slow runs (scripts/plateau.py) ------------------------------------------------------------
+
+def plateau():
+    return report.read_json(ROOT / "figures" / "plateau.json")
+
+
+def test_the_plateau_table_is_the_rendering_of_its_data_and_reads_the_twenty_runs():
+    from scripts import plateau as program
+
+    data = plateau()
+    assert (ROOT / "figures" / "plateau.md").read_text() == program.render(data)
+    for setup in ("code", "paper"):
+        leaves = load(f"figures/{setup}")["training"]["MAML"]["leaves_plateau"]
+        assert [r["maml_leaves"] for r in data["committed"][setup]] == leaves
+
+
+def test_the_plateau_needs_both_the_codes_weights_and_its_small_step():
+    """Slow runs only in the cell of code_init and alpha = 0.001; runaway medians with 0.01; the
+    cell of stax's weights and 0.001 best, every run below the paper's 0.35 after ten steps."""
+    from scripts import plateau as program
+
+    grid = {(c["init"], c["alpha"]): c for c in plateau()["grid"]}
+    slow = {key: sum(program.is_slow(s) for s in c["leaves_plateau"]) for key, c in grid.items()}
+    assert slow == {("stax", 0.01): 0, ("code", 0.001): 2, ("stax", 0.001): 0, ("code", 0.01): 0}
+    assert sum(len(c["seeds"]) for key, c in grid.items() if key != ("code", 0.001)) == 40
+    assert all(len(c["seeds"]) >= 10 for c in grid.values())
+    ten = {key: np.array([m["10"] for m in c["k5"]]) for key, c in grid.items()}
+    assert [f"{np.median(ten[key]):.3f}" for key in (("stax", 0.01), ("code", 0.01))] == ["0.407", "1.353"]
+    best = ten["stax", 0.001]
+    assert f"{best.mean():.3f}" == "0.250" and best.max() < PAPER["MAML"][10]
+    assert best.mean() == min(np.median(v) if key[1] == 0.01 else v.mean() for key, v in ten.items())
+    page = text("Results")
+    assert "medians over runs 0.407 and 1.353" in page and "0.250 after ten steps" in page
+    assert "none of 40 runs in the other three cells" in text("README")
+
+
+def test_the_slow_runs_trained_twice_as_long_do_not_catch_up():
+    c = plateau()["catch_up"]["code"]
+    assert c["seeds"] == [13, 16] and c["leaves_plateau"] == [19_400, 5_300]
+    at_70k, at_140k = ([round(m["10"], 3) for m in c[key]] for key in ("at_70k", "at_140k"))
+    assert at_70k == [0.867, 0.395] and at_140k == [0.962, 0.438]
+    assert all(abs(b - PAPER["MAML"][10]) >= abs(a - PAPER["MAML"][10]) for a, b in zip(at_70k, at_140k))
+    assert plateau()["catch_up"]["paper"]["seeds"] == []  # the paper's text has no slow run
+    page = text("Results")
+    assert "seed 13 ends at 0.962 after ten steps and seed 16 at 0.438" in page and "(0.867 and 0.395" in page
+    assert "seed 13: 0.962 after 140,000 steps" in text("README")
