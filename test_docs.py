@@ -1,18 +1,16 @@
 """The documentation site tells the truth and builds.
 
 Run with `python -m pytest test_docs.py`. The checks:
-- every plain ```python block on a page runs, in order, and its asserts hold;
-- every snippet include names a file and a section that exist, and every section of maml.py and
-  experiment.py is shown somewhere, between well-formed markers;
-- the nav of mkdocs.yml and the pages in docs/ are the same set;
-- the README pastes the comparison with the paper that docs/compare.py wrote, and what
-  `python maml.py` printed; docs/compare.py, run again, writes the committed table;
-- `mkdocs build --strict` passes with no warning;
-- the scripts the pages show run in a quick mode: docs/bench.py, scripts/variants.py,
-  docs/runs_at_once.py, and docs/curvature.py, whose eigenvalues are checked against a dense
-  Hessian.
+- every plain ```python block on a page runs, in order, and its asserts hold, and the pages that
+  have such blocks are exactly the expected ones (a block that stopped counting as Python fails);
+- every snippet include names a file and a section that exist, and every section of maml.py,
+  experiment.py, report.py and preflight.py is shown somewhere, between well-formed markers;
+- the nav of mkdocs.yml and the pages in docs/ are the same set; docs/ holds no program;
+- the README pastes the comparison with the paper that scripts/compare.py wrote, and what
+  `python maml.py` printed; scripts/compare.py, run again, writes the committed table;
+- `mkdocs build --strict` passes with no warning.
+The programs the pages show are tested in test_scripts.py, test_variants.py and test_cost.py.
 """
-import math
 import os
 import re
 import subprocess
@@ -74,10 +72,20 @@ def runnable_python(path):
 PAGES_WITH_PYTHON = [p for p in pages() + [ROOT / "README.md"] if p.exists() and runnable_python(p)]
 
 
-def test_pages_with_python_blocks_include_the_jax_and_variations_pages():
-    """The block runner below has something to run: at least docs/jax.md and docs/variations.md."""
+def test_the_pages_with_python_blocks_are_exactly_these():
+    """The block runner below runs these pages' blocks, no fewer: if a block stopped counting as
+    Python (a changed fence, say), its page would drop out of the list and this test would fail."""
     names = {p.relative_to(ROOT).as_posix() for p in PAGES_WITH_PYTHON}
-    assert {"docs/jax.md", "docs/variations.md"} <= names, names
+    assert names == {"README.md", "docs/from-2019.md", "docs/jax.md", "docs/running.md", "docs/variations.md",
+                     "docs/walkthrough.md"}, names
+
+
+def test_docs_holds_the_site_alone_and_no_page_touches_sys_path():
+    """No program under docs/ (they live in scripts/), and no page or program a reader sees
+    manipulates sys.path."""
+    assert not [p for p in DOCS.rglob("*.py") if "figures" not in p.parts], "a program under docs/"
+    seen = [*pages(), ROOT / "README.md", *ROOT.glob("*.py"), *(ROOT / "scripts").glob("*.py")]
+    assert not [p.name for p in seen if "sys.path" in p.read_text() and not p.name.startswith("test_")]
 
 
 @pytest.mark.parametrize("page", PAGES_WITH_PYTHON, ids=lambda p: p.relative_to(ROOT).as_posix())
@@ -209,24 +217,11 @@ def test_strict_build_passes_without_warnings(tmp_path):
     assert (tmp_path / "figures" / "adaptation.png").is_file(), "the figures were not copied into the site"
 
 
-def test_compare_py_remakes_the_committed_comparison_table():
-    """docs/compare.py, run on the committed results of both settings, gives figures/comparison.md
-    exactly: the table the README and the Results page show cannot drift from the runs."""
-    sys.path.insert(0, str(DOCS))
-    import compare
-    assert compare.table() == (ROOT / "figures" / "comparison.md").read_text()
+def test_compare_remakes_the_committed_comparison_table():
+    """scripts/compare.py, run on the committed results of both settings, gives
+    figures/comparison.md exactly: the table the README and the Results page show cannot drift
+    from the runs."""
+    from scripts import compare
 
-
-def test_variants_quick_run_trains_every_variant_and_writes_its_table(tmp_path):
-    """`python -m scripts.variants` with 2 runs of 40 steps on 10 held-out tasks: every variant
-    trains and is evaluated, and the table has one row per variant and K with three cells and a time."""
-    out = tmp_path / "variants.md"
-    result = subprocess.run([sys.executable, "-m", "scripts.variants", "--seeds", "2", "--steps", "40",
-                             "--eval-tasks", "10", "--out", str(out)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = re.findall(r"^\| (.+?) \| (5|10) \| (.+?) \| (.+?) \| (.+?) \| .+? \| ([0-9.]+) \|$",
-                      out.read_text(), re.M)
-    assert [(r[0], r[1]) for r in rows] == [(name, k) for name in ("MAML", "first-order MAML",
-                                            "MAML with 5 inner steps", "Meta-SGD") for k in ("5", "10")]
-    assert all(" ± " in cell for r in rows for cell in r[2:5]) and all(float(r[5]) > 0 for r in rows)
+    loaded = {setup: compare.load(setup, root=str(ROOT / "figures")) for setup in compare.SETUPS}
+    assert compare.table(loaded) == (ROOT / "figures" / "comparison.md").read_text()
