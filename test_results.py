@@ -211,3 +211,25 @@ def test_the_slow_runs_trained_twice_as_long_do_not_catch_up():
     page = text("Results")
     assert "seed 13 ends at 0.962 after ten steps and seed 16 at 0.438" in page and "(0.867 and 0.395" in page
     assert "seed 13: 0.962 after 140,000 steps" in text("README")
+
+
+# ---- why tasks run away (scripts/curvature.py) -----------------------------------------------------
+
+def test_the_curvature_claims_hold_on_every_run_measured():
+    """The median K = 5 task steeper than 2 / alpha under both settings; every task that ends worse
+    steep under the paper's text, most under the code's; the worst after ten steps overflowed under
+    the text and stayed at 35.1 under the code's. curvature.json covers the twenty runs of each."""
+    from scripts import curvature
+
+    data = report.read_json(ROOT / "figures" / "curvature.json")
+    assert (ROOT / "figures" / "curvature.txt").read_text() == curvature.render(data)
+    k5 = {s["setup"]: next(k for k in s["ks"] if k["k"] == 5)["summary"] for s in data["setups"]}
+    assert all(s["runs"] == 20 and s["tasks"] == 12_000 for s in k5.values())
+    assert k5["paper"]["median"] > 200 and k5["code"]["median"] > 2000
+    assert (round(k5["paper"]["median"], 1), round(k5["code"]["median"], 1)) == (274.8, 2158.2)
+    assert k5["paper"]["both"] == k5["paper"]["worse"] == 106
+    assert (k5["code"]["both"], k5["code"]["worse"]) == (130, 151) and 130 > 151 / 2
+    assert k5["paper"]["overflowed"] >= 1 and round(k5["code"]["worst_mse"], 1) == 35.1
+    page = text("Results")
+    for phrase in ("274.8 against 200", "2158.2 against 2000", "106 of 106", "130 of 151", "stays at 35.1"):
+        assert phrase in page, phrase
