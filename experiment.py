@@ -32,7 +32,7 @@ SETUPS = {
 PAPER_MSE_K5 = {"MAML": {1: 0.67, 5: 0.38, 10: 0.35}, "pretrained": {1: 2.41, 5: 2.23, 10: 2.19}}
 EVAL_KS = (5, 10)  # support points per held-out task at meta-test time, as in the paper's figures
 EVAL_STEPS = (0, 1, 5, 10)  # gradient steps after which the held-out MSE is reported
-DEFAULT = "code"  # twenty runs of each show that the released code's settings give the paper's table
+DEFAULT = "code"  # twenty runs of each: the released code's settings give the paper's table
 # -8<- [end:setups]
 
 

@@ -52,8 +52,8 @@ def rows(results, name):
              for n in STEPS]
     return [f"| {name} | {where}: mean ± 95% t-interval | {size} | "
             + " | ".join(mean_cell(cell, n) for n in STEPS) + " |",
-            f"| | median [lowest, highest] of the runs | | " + " | ".join(spread) + " |",
-            f"| | runs above twice the paper's number | | " + " | ".join(above) + " |"]
+            "| | median [lowest, highest] of the runs | | " + " | ".join(spread) + " |",
+            "| | runs above twice the paper's number | | " + " | ".join(above) + " |"]
 
 
 def table(loaded):
@@ -61,14 +61,15 @@ def table(loaded):
              "|---|---|---|---|---|---|"]
     for name in ("MAML", "pretrained"):
         paper = experiment.PAPER_MSE_K5[name]
-        size = "0.01" if name == "MAML" else "-"  # the paper's alpha; no baseline step size is given
+        size = "0.01" if name == "MAML" else "-"  # the paper's alpha; it gives no baseline's
         lines.append(f"| {name} | the paper (one run) | {size} | "
                      + " | ".join(f"{paper[n]}" for n in STEPS) + " |")
         for setup in SETUPS:
             lines += rows(loaded[setup], name)
     commands = "; ".join(f"`{loaded[s]['command']}`" for s in SETUPS)
-    return ("\n".join(lines) + f"\n\nHeld-out MSE on {loaded[SETUPS[0]]['eval_tasks']} tasks after 1, 5 and 10 gradient steps; "
-            "each run's number is its mean over the tasks. Made by "
+    n_tasks = loaded[SETUPS[0]]["eval_tasks"]
+    return ("\n".join(lines) + f"\n\nHeld-out MSE on {n_tasks} tasks after 1, 5 and 10 gradient "
+            "steps; each run's number is its mean over the tasks. Made by "
             f"{commands}, then `python -m scripts.compare`.\n")
 
 

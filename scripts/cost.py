@@ -203,7 +203,8 @@ def steps_table(data):
     """Markdown: temporaries and time per meta-step against S, one column per mode."""
     points = select(data["points"], sweep="inner steps")
     fixed = sorted({(p["argument_bytes"], p["output_bytes"]) for p in points})
-    same = (f"arguments {preflight.readable(fixed[0][0])} and outputs {preflight.readable(fixed[0][1])}"
+    same = (f"arguments {preflight.readable(fixed[0][0])} and outputs "
+            f"{preflight.readable(fixed[0][1])}"
             " in every mode and at every S" if len(fixed) == 1 else
             "arguments and outputs vary: see cost.json")
     lines = [f"**Inner steps** S, {PAPER['tasks']} tasks of K = {PAPER['K']}: XLA's temporaries, "

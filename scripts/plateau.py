@@ -90,7 +90,8 @@ def grid_cell(init, alpha, committed, args):
     """One cell of initialisation by inner step size: each run's plateau step and K = 5 means."""
     if GRID[init, alpha]:  # a setup's own cell: its twenty runs
         runs = committed[GRID[init, alpha]]
-        return dict(source=f"figures/{GRID[init, alpha]}/results.json", seeds=[r["seed"] for r in runs],
+        return dict(source=f"figures/{GRID[init, alpha]}/results.json",
+                    seeds=[r["seed"] for r in runs],
                     leaves_plateau=[r["maml_leaves"] for r in runs], k5=[r["k5"] for r in runs])
     base = "paper" if init == "stax" else "code"
     setup = dict(experiment.SETUPS[base], alpha=alpha, steps=args.steps or
