@@ -104,3 +104,83 @@ def test_the_scan_program_does_not_grow_with_the_steps_and_the_loop_does():
             for n in (2, 8)]
     assert scan[0] == scan[1], scan
     assert loop[1] > 3 * loop[0], loop
+
+
+# ---- the trained variants and the Variations page's claims ----------------------------------------
+
+def test_make_step_of_maml_loss_is_maml_step_and_meta_sgd_starts_as_maml():
+    """make_step turns a task loss into maml.step's computation: for maml_loss itself, the same
+    state and loss (float32, compiled apart: 1e-5 relative). Meta-SGD's first meta-step with every
+    step size at alpha moves theta exactly as MAML's does (the same gradient for theta, and Adam's
+    first step depends on nothing else)."""
+    import numpy as np
+    from jax.tree_util import tree_leaves
+
+    _, params = maml.net_init(random.PRNGKey(0), (-1, 1))
+    batch = maml.sample_tasks(random.PRNGKey(1), 25, 10)
+    ours, ours_loss = variants.make_step(maml.maml_loss)(0, maml.opt_init(params), *batch)
+    theirs, theirs_loss = maml.step(0, maml.opt_init(params), *batch)
+    np.testing.assert_allclose(float(ours_loss), float(theirs_loss), rtol=1e-5)
+    for a, b in zip(tree_leaves(maml.get_params(ours)), tree_leaves(maml.get_params(theirs))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    start = variants.with_alphas(params, 0.01)
+    sgd, _ = variants.make_step(variants.meta_sgd_loss)(0, maml.opt_init(start), *batch)
+    for a, b in zip(tree_leaves(maml.get_params(sgd)[0]), tree_leaves(maml.get_params(theirs))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def variants_data():
+    import report
+    return report.read_json("figures/variants.json")
+
+
+def test_the_variants_table_is_the_rendering_of_its_data():
+    from pathlib import Path
+    assert Path("figures/variants.md").read_text() == variants.render(variants_data())
+
+
+def test_the_variations_page_claims_hold_on_the_committed_table():
+    """Each sentence of the Variations page's 'Trained and compared', against figures/variants.json;
+    its times against the interleaved measurement of figures/cost.json (the variants' own times
+    were taken one after another under uneven load, and the page says not to compare them)."""
+    import json
+
+    data, page = variants_data(), " ".join(open("docs/variations.md", encoding="utf-8").read().split())
+    row = {(name, int(k)): c for name, v in data["variants"].items() for k, c in v["cells"].items()}
+    names = ("MAML", "first-order MAML", "MAML with 5 inner steps", "Meta-SGD")
+    assert set(row) == {(n, k) for n in names for k in (5, 10)} and data["seeds"] == 5
+
+    def mse(name, k, n):
+        return row[name, k]["steps"][str(n)]["mean"]
+
+    def apart(a, b, k, n):
+        x, y = row[a, k]["steps"][str(n)], row[b, k]["steps"][str(n)]
+        return x["mean"] + x["half"] < y["mean"] - y["half"]
+
+    # Second order beats first order after one step, intervals apart, with the page's numbers.
+    assert apart("MAML", "first-order MAML", 5, 1) and apart("MAML", "first-order MAML", 10, 1)
+    firsts = [f"{mse(n, k, 1):.2f}" for k in (5, 10) for n in names[:2]]
+    assert f"{firsts[0]} against {firsts[1]} with $K = 5$, {firsts[2]} against {firsts[3]}" in page
+    cost = {(p["mode"], p["S"]): p["ms"] for p in json.load(open("figures/cost.json"))["points"]
+            if p["sweep"] == "inner steps"}
+    assert f"about {1 - cost['first order', 1] / cost['second order', 1]:.0%} cheaper" in page
+    # No first-order task overflowed; its 10-step mean is ordinary, MAML's K = 5 one is not.
+    assert all(row["first-order MAML", k]["steps"][n]["left_out"] == 0 for k in (5, 10) for n in ("1", "5", "10"))
+    assert mse("first-order MAML", 5, 10) < 1 < 100 < mse("MAML", 5, 10)
+    # Five inner steps: the lowest 10-step error, the fewest worse tasks, the worst after one step.
+    five = "MAML with 5 inner steps"
+    for k in (5, 10):
+        assert mse(five, k, 10) == min(mse(n, k, 10) for n in names)
+        assert row[five, k]["worse"] == min(row[n, k]["worse"] for n in names)
+        assert mse(five, k, 1) == max(mse(n, k, 1) for n in names)
+    assert f"({mse(five, 5, 10):.2f} with $K = 5$, {mse(five, 10, 10):.2f} with $K = 10$)" in page
+    assert f"{cost['second order', 5] / cost['second order', 1]:.1f} times in the interleaved" in page
+    # Meta-SGD: the best after one step for both K; later its runaway tasks overflow.
+    for k in (5, 10):
+        assert mse("Meta-SGD", k, 1) == min(mse(v, k, 1) for v in names)
+    assert f"({mse('Meta-SGD', 5, 1):.2f} and {mse('Meta-SGD', 10, 1):.2f})" in page
+    assert all(mse("Meta-SGD", k, 5) > 1e30 for k in (5, 10))
+    left = row["Meta-SGD", 5]["steps"]
+    assert f"({left['5']['left_out']} with $K = 5$)" in page
+    assert f"({left['10']['left_out']:,} of {row['Meta-SGD', 5]['tasks']:,} with $K = 5$)" in page
+    assert 0.15 < left["10"]["left_out"] / row["Meta-SGD", 5]["tasks"] < 0.35
