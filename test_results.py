@@ -233,3 +233,11 @@ def test_the_curvature_claims_hold_on_every_run_measured():
     page = text("Results")
     for phrase in ("274.8 against 200", "2158.2 against 2000", "106 of 106", "130 of 151", "stays at 35.1"):
         assert phrase in page, phrase
+
+
+def test_the_baselines_tuned_step_sizes_span_what_the_page_says():
+    """The fine-tuning step sizes tune_step_size chose, over both settings, every run and K."""
+    sizes = [size for setup in ("code", "paper") for c in load(f"figures/{setup}")["cells"]
+             if c["model"] == "pretrained" for size in c["step_sizes"]]
+    assert (f"{min(sizes):g}", f"{max(sizes):g}") == ("0.002", "0.02")
+    assert "validation tasks (0.002 to 0.02 here)" in text("Results")
