@@ -31,10 +31,22 @@ def saved_params(folder, init):
             for name in ("MAML", "pretrained")}
 
 
+@pytest.fixture
+def todays_random_bits():
+    """JAX's random bits as the committed runs drew them: jax 0.5 made the partitionable threefry
+    the default; on an older jax (down to the 0.4.29 requirements.txt admits) the same key would
+    draw other held-out tasks, and the comparison would test nothing."""
+    before = jax.config.jax_threefry_partitionable
+    jax.config.update("jax_threefry_partitionable", True)
+    yield
+    jax.config.update("jax_threefry_partitionable", before)
+
+
 @pytest.mark.parametrize("folder", RUNS)
-def test_the_committed_parameters_evaluated_by_todays_code_give_the_committed_numbers(folder):
+def test_the_committed_parameters_evaluated_by_todays_code_give_the_committed_numbers(folder, todays_random_bits):
     """Each committed params.npz, adapted by today's evaluation on the held-out tasks its seed
-    gives, with the step sizes its results.json records, gives that file's numbers: every run's
+    gives, with the step sizes its results.json records, gives that file's numbers: its last run's
+    (evaluated alone rather than among twenty, which rounds otherwise, within the tolerance)
     median over tasks, and its mean wherever runaway tasks do not dominate it, within 1e-3
     relative (float32 through ten steps of adaptation; another XLA version may round otherwise),
     and the same count of diverged tasks. A change to the evaluation, the sampler or the keys
@@ -43,10 +55,12 @@ def test_the_committed_parameters_evaluated_by_todays_code_give_the_committed_nu
     setup, params = results["setup"], saved_params(folder, results["setup"]["init"])
     test = experiment.eval_tasks(experiment.run_keys(results["seeds"][0], 1)[4, 0],
                                  results["eval_tasks"], max(experiment.EVAL_KS), tuple(setup["amp_range"]))
+    picked = [len(results["seeds"]) - 1]  # the last run: one keeps it quick on every jax
+    params = {name: jax.tree_util.tree_map(lambda a: a[picked], p) for name, p in params.items()}
     for cell in results["cells"]:
         mse = experiment.run_curves(params[cell["model"]], test, cell["k"],
-                                    np.asarray(cell["step_sizes"], np.float32))
-        for run, m in zip(cell["runs"], mse):
+                                    np.asarray(cell["step_sizes"], np.float32)[picked])
+        for run, m in zip([cell["runs"][r] for r in picked], mse):
             now, tame = report.run_numbers(m), ~np.array(run["dominated"])
             np.testing.assert_allclose(now["median"], run["median"], rtol=1e-3)
             np.testing.assert_allclose(now["mean"][tame], np.array(run["mean"])[tame], rtol=1e-3)
