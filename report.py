@@ -130,6 +130,11 @@ def results_data(*, curves, step_sizes, losses, **facts):
                       training=training))
 
 
+def cell(results, model, k):
+    """The cell of one model and K in a run's results data."""
+    return next(c for c in results["cells"] if c["model"] == model and c["k"] == k)
+
+
 def plain(x):
     """x with numpy's numbers and arrays made JSON's; a non-finite number becomes null."""
     if isinstance(x, dict):

@@ -86,7 +86,7 @@ def text(page):
 
 def k5(setup, model):
     """(runs' means (runs, 11), dominated (runs, 11), the cell) of one model's K = 5 cell."""
-    cell = next(c for c in load(f"figures/{setup}")["cells"] if c["model"] == model and c["k"] == 5)
+    cell = report.cell(load(f"figures/{setup}"), model, 5)
     return (np.array([r["mean"] for r in cell["runs"]]), np.array([r["dominated"] for r in cell["runs"]]),
             cell)
 

@@ -26,7 +26,7 @@ def load(setup, root="figures"):
 
 
 def k5(results, name):
-    return next(c for c in results["cells"] if c["model"] == name and c["k"] == 5)
+    return report.cell(results, name, 5)
 
 
 def mean_cell(cell, n):

@@ -32,7 +32,7 @@ GRID = {("stax", 0.01): "paper", ("code", 0.001): "code",  # covered by the twen
 def committed_runs(results):
     """Per run of a results.json: its seed, when MAML's and the baseline's training left the
     plateau, and MAML's K = 5 held-out MSE (the run's mean) after 1, 5 and 10 steps."""
-    cell = next(c for c in results["cells"] if c["model"] == "MAML" and c["k"] == 5)
+    cell = report.cell(results, "MAML", 5)
     return [dict(seed=seed, maml_leaves=results["training"]["MAML"]["leaves_plateau"][r],
                  baseline_leaves=results["training"]["pretrained"]["leaves_plateau"][r],
                  k5={n: run["mean"][n] for n in (1, 5, 10)})
