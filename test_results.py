@@ -5,6 +5,7 @@ The claims are stated for the twenty runs of each setting, or for every window o
 consecutive seeds among them: a claim that depends on which five seeds were picked is not one.
 """
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -65,6 +66,29 @@ def test_the_committed_parameters_evaluated_by_todays_code_give_the_committed_nu
             np.testing.assert_allclose(now["median"], run["median"], rtol=1e-3)
             np.testing.assert_allclose(now["mean"][tame], np.array(run["mean"])[tame], rtol=1e-3)
             assert now["diverged"] == run["diverged"], (cell["model"], cell["k"])
+
+
+def test_evaluate_on_the_committed_default_run_tunes_its_step_sizes_and_gives_its_numbers(todays_random_bits):
+    """experiment.evaluate itself (validation and test tasks from the run's keys, the baseline's
+    step size tuned, both models adapted) on the committed parameters of the default run
+    (figures/): it picks the step sizes results.json records, and gives every number of it: counts
+    exactly, means, intervals and medians within 1e-4 relative (the same programs on the same
+    tasks; another XLA version may round float32 otherwise through ten steps, by ~1e-6 here)."""
+    results = load("figures")
+    setup = dict(results["setup"], amp_range=tuple(results["setup"]["amp_range"]))
+    keys = experiment.run_keys(results["seeds"][0], 1)
+    args = SimpleNamespace(eval_tasks=results["eval_tasks"], seeds=len(results["seeds"]))
+    _, curves, step_sizes = experiment.evaluate(saved_params("figures", setup["init"]), setup, args,
+                                                (keys[3, 0], keys[4, 0]))
+    for cell in results["cells"]:
+        np.testing.assert_allclose(step_sizes[cell["model"], cell["k"]], cell["step_sizes"], rtol=1e-7)
+        now, then = report.plain(report.run_numbers(curves[cell["model"], cell["k"]][0])), cell["runs"][0]
+        assert now.keys() == then.keys()
+        for field, value in now.items():
+            if field in ("mean", "ci", "median") or (field == "worst" and value is not None):
+                np.testing.assert_allclose(value, then[field], rtol=1e-4, err_msg=field)
+            else:  # counts and flags exactly; "worst" is None where no task ended worse
+                assert value == then[field], (cell["model"], cell["k"], field)
 
 
 @pytest.mark.parametrize("folder", RUNS)
