@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -180,6 +181,49 @@ def test_tune_step_size_picks_each_runs_best_candidate_and_never_a_diverging_one
                         mses.append(float(maml.loss(p, x_test, y_test[t])))
             scores.append(np.mean(mses) if np.all(np.isfinite(mses)) else np.inf)
         assert np.isinf(scores[-1]) and got[r] == candidates[int(np.argmin(scores))], (r, scores, got)
+
+
+def test_tune_step_size_scores_steps_1_5_and_10_of_each_run_and_drops_a_candidate_only_where_it_diverged(monkeypatch):
+    """The choice itself, on made-up curves (run_curves replaced: two runs, one task): after 1, 5 and
+    10 steps, run 0's MSE is 3, 2 and 1 under the candidates 1, 2 and 3, run 1's is 1, 2 and inf
+    (3 diverges in run 1 alone). Each run picks its own best: 3 for run 0, 1 for run 1. The steps
+    that are not scored mislead: after 2 steps run 1's candidate 1 is at 100, after 6 run 0's 3."""
+    level = {1.0: [3.0, 1.0], 2.0: [2.0, 2.0], 3.0: [1.0, np.inf]}
+
+    def made_up_curves(params, tasks, k, alphas):
+        curves = np.array(level[float(alphas[0])])[:, None, None] * np.ones((2, 1, 11))
+        if alphas[0] == 1.0:
+            curves[1, 0, 2] = 100.0
+        if alphas[0] == 3.0:
+            curves[0, 0, 6] = 100.0
+        return curves
+    monkeypatch.setattr(experiment, "run_curves", made_up_curves)
+    assert experiment.tune_step_size([np.zeros((2, 1))], None, 5, (1.0, 2.0, 3.0)).tolist() == [3.0, 1.0]
+
+
+def test_run_curves_adapts_with_the_update_it_is_given():
+    """A variant's inner update (here: inner_update with twice the step) is the one run_curves
+    adapts with: the same curves, to float32 rounding (1e-5), as plain inner_update with twice the
+    step sizes."""
+    stacked, _, tasks = two_runs()
+
+    def double_step(params, x1, y1, alpha):
+        return maml.inner_update(params, x1, y1, 2 * alpha)
+    alphas = np.array([0.01, 0.02], np.float32)
+    np.testing.assert_allclose(experiment.run_curves(stacked, tasks, 5, alphas, update=double_step),
+                               experiment.run_curves(stacked, tasks, 5, 2 * alphas), rtol=1e-5)
+
+
+def test_evaluate_stops_when_adaptation_diverges_on_most_tasks():
+    """With a step size of 1,000, MAML's adaptation from a fresh network diverges on nearly every
+    held-out task: evaluate stops the program with one line naming the run, the step size and what
+    to do, before it returns any numbers."""
+    setup = dict(experiment.SETUPS["paper"], alpha=1000.0)
+    params = {"MAML": tree_map(lambda a: a[None], experiment.stax_init(random.PRNGKey(0)))}
+    keys = experiment.run_keys(0, 1)
+    with pytest.raises(SystemExit, match=r"MAML adaptation \(run 0, step size 1000\) diverged on "
+                                         r"\d+ of 100 held-out tasks \(K = 5\).*Try a smaller --alpha"):
+        experiment.evaluate(params, setup, SimpleNamespace(eval_tasks=100, seeds=1), (keys[3, 0], keys[4, 0]))
 
 
 def test_run_keys_are_each_seeds_own_split_and_other_seeds_give_other_keys():
