@@ -58,6 +58,21 @@ def test_t975_is_the_students_t_quantile():
     for df in (31, 35, 40, 60, 100, 200):
         assert abs(report.t975(df) - t_quantile(df)) < 1e-4, (df, report.t975(df), t_quantile(df))
     assert abs(report.t975(10**6) - 1.959964) < 1e-5
+    assert [report.t975(df) for df in range(1, 31)] == list(report.T975)  # the table itself up to 30
+
+
+def test_beyond_the_table_t975_misses_only_the_third_term_of_the_expansion():
+    """Past 30 degrees of freedom, t975 sums the expansion of t's quantile around the normal's z
+    (Cornish-Fisher) up to 1/df^2: if both terms are right, what it misses is the next one,
+    -(3z^7 + 19z^5 + 17z^3 - 15z) / (384 df^3), so the error times df^3 is within 10% of that
+    coefficient at 40, 60 and 100 (seen: within 1.5%; the terms after it shrink as 1/df, and the
+    1.5e-8 by which t975 rounds z would matter beside the error only far beyond 100).
+    A wrong coefficient in the second term leaves an error of order 1/df^2 and fails here, even
+    where it happens to lie nearer the quantile."""
+    z = 1.959964
+    third = -(3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384
+    for df in (40, 60, 100):
+        assert (report.t975(df) - t_quantile(df)) * df ** 3 == pytest.approx(third, rel=0.1), df
 
 
 def test_between_runs_is_the_mean_and_a_students_t_interval():
@@ -68,6 +83,15 @@ def test_between_runs_is_the_mean_and_a_students_t_interval():
 def test_mean_ci_is_mean_and_1_96_standard_errors():
     mean, half = report.mean_ci(np.array([1.0, 2.0, 3.0, 4.0]))
     assert mean == 2.5 and half == pytest.approx(1.96 * np.std([1, 2, 3, 4], ddof=1) / 2, rel=1e-15)
+
+
+def test_both_intervals_are_computed_in_float64_whatever_their_input():
+    """A float32 MSE of 3e32 (a task that ran away without overflowing) has a square that float32
+    cannot hold: both intervals convert to float64 first, so they stay finite."""
+    values = np.array([3e32, 1.0, 1.0], np.float32)
+    with np.errstate(over="raise"):
+        for interval in (report.mean_ci, report.between_runs):
+            assert np.isfinite(interval(values)).all(), interval
 
 
 def test_write_whole_leaves_the_old_file_when_writing_fails(tmp_path):
@@ -140,13 +164,57 @@ def test_report_of_several_runs_gives_the_mean_of_run_means_a_t_interval_and_eac
 
 def test_runaway_tasks_dominate_a_mean_only_when_they_make_up_more_than_half_of_it():
     """Twenty tasks that start at 1: nineteen stay at 1; the last runs away (over 10x its start)
-    to 12, which is 12 of a sum of 31 (under half: not dominated), or to 25, 25 of 44 (over half)."""
-    for last, dominated in ((12.0, False), (25.0, True)):
+    to 12, which is 12 of a sum of 31 (under half: not dominated), to 19, exactly half of 38 (not
+    more than half: not dominated), or to 25, 25 of 44 (over half)."""
+    for last, dominated in ((12.0, False), (19.0, False), (25.0, True)):
         mse = np.ones((20, 11))
         mse[19, 1:] = last
         numbers = report.run_numbers(mse)
         assert list(numbers["runaway"][1:]) == [1] * 10 and numbers["runaway"][0] == 0
         assert list(numbers["dominated"][1:]) == [dominated] * 10 and numbers["median"][10] == 1.0
+
+
+def test_a_task_at_exactly_ten_times_its_start_has_not_run_away():
+    """A task runs away once its MSE *exceeds* 10 times its start: one at exactly 10 has not."""
+    mse = np.ones((3, 11))
+    mse[0, 1:] = report.RUNAWAY * 1.0
+    assert list(report.run_numbers(mse)["runaway"]) == [0] * 11
+
+
+def test_the_worst_task_is_the_highest_last_mse_of_those_that_end_above_their_start():
+    """Four tasks: A goes 1 -> 2 (ends worse); B starts and ends at 3 (not worse: equal); C falls
+    from 10 to 4 after one step and ends at 5 (above its first step, below its start); D starts at
+    6, is at 7 one step before the end and ends at 4. Only A ends worse, so the worst is 2, and
+    the count of tasks that end worse is 1."""
+    mse = np.array([np.linspace(1.0, 2.0, 11), np.full(11, 3.0),
+                    [10.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.5, 5.0],
+                    [6.0, 6.0, 6.0, 6.0, 6.0, 6.0, 6.0, 6.0, 6.0, 7.0, 4.0]])
+    numbers = report.run_numbers(mse)
+    assert numbers["worst"] == 2.0 and numbers["worse"] == 1
+
+
+def test_over_runs_counts_for_every_step_the_runs_whose_mean_runaway_tasks_dominate():
+    """Three runs of twenty tasks that start at 1: in run 0 one task runs away to 25 from step 5
+    (25 of a sum of 44: dominated), in run 1 none does, in run 2 one does from step 1. The count
+    is 0 before adapting, 1 from step 1 and 2 from step 5."""
+    runs = []
+    for start in (5, None, 1):
+        mse = np.ones((20, 11))
+        if start:
+            mse[0, start:] = 25.0
+        runs.append(report.plain(report.run_numbers(mse)))
+    assert report.over_runs(runs)["dominated"].tolist() == [0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2]
+
+
+def test_a_run_is_stopped_when_adaptation_diverges_on_more_than_half_its_tasks():
+    """most_diverged names (model, K), the run and the count of every run in which more than half
+    the tasks diverged (inf or NaN anywhere in the curve): of four tasks, 3 is more than half
+    (a NaN counts) and 2 is not; other models and K are judged on their own."""
+    ok, half, most = np.ones((4, 11)), np.ones((4, 11)), np.ones((4, 11))
+    half[:2, 5] = np.inf
+    most[:2, -1], most[2, 3] = np.inf, np.nan
+    curves = {("MAML", 5): np.stack([ok, most]), ("pretrained", 10): np.stack([half, ok, most])}
+    assert report.most_diverged(curves) == [(("MAML", 5), 1, 3), (("pretrained", 10), 2, 3)]
 
 
 def test_a_run_leaves_the_plateau_at_the_first_window_below_half_its_start():
