@@ -120,6 +120,16 @@ def ks_truncated_normal(values):
 
 # ---- the experiment's pieces -------------------------------------------------------------------
 
+def test_eval_tasks_draw_amplitudes_from_the_range_they_are_given():
+    """Held-out tasks of amplitudes U[2, 2.5] (not the paper's range, the sampler's default): on the
+    test grid of 100 points spaced 0.1 apart over [-5, 5], each sinusoid peaks within a factor
+    cos(0.05) > 0.998 of its amplitude, so every task's peak lies in [2 x 0.998, 2.5]."""
+    x1, y1, x_test, y_test = experiment.eval_tasks(random.PRNGKey(0), 300, 5, (2.0, 2.5))
+    peaks = np.abs(np.asarray(y_test)).max(axis=(1, 2))
+    assert x_test.shape == (100, 1) and peaks.min() >= 2.0 * 0.998 and peaks.max() <= 2.5 + 1e-6
+    assert np.abs(np.asarray(y1)).max() <= 2.5 + 1e-6
+
+
 def test_adaptation_curves_start_at_the_unadapted_loss_and_follow_inner_update():
     _, params = maml.net_init(random.PRNGKey(0), (-1, 1))
     x1, y1, x_test, y_test = experiment.eval_tasks(random.PRNGKey(1), 4, 5, (0.1, 5.0))
