@@ -92,6 +92,19 @@ def test_evaluate_on_the_committed_default_run_tunes_its_step_sizes_and_gives_it
 
 
 @pytest.mark.parametrize("folder", RUNS)
+def test_the_committed_runs_used_the_setups_and_the_papers_numbers_of_todays_code(folder):
+    """Each committed results.json was made with the setting that experiment.SETUPS holds under its
+    name, and set beside the paper's numbers that experiment.PAPER_MSE_K5 holds: a change to the
+    step size, the initialisation or the paper's table in the code, which would leave the committed
+    numbers describing another experiment, fails here."""
+    results = load(folder)
+    assert results["setup"] == {key: list(v) if isinstance(v, tuple) else v
+                                for key, v in experiment.SETUPS[results["setup_name"]].items()}
+    assert results["paper"] == {name: {str(n): v for n, v in row.items()}
+                                for name, row in experiment.PAPER_MSE_K5.items()}
+
+
+@pytest.mark.parametrize("folder", RUNS)
 def test_the_committed_table_is_the_rendering_of_the_committed_data(folder):
     """results.txt is the command and report.render of results.json, exactly."""
     results = load(folder)
