@@ -297,6 +297,17 @@ def test_sample_tasks_shapes_ranges_and_one_sinusoid_per_task(s):
         assert -1e-4 <= phase <= np.pi + 1e-4
 
 
+def test_sample_tasks_draws_inputs_and_phases_from_the_ranges_it_is_given():
+    """Inputs from x in [1, 2) and phases in [0, 0.1) (the paper's are [-5, 5) and [0, pi)): every
+    input inside, and 500 of them reach within 0.05 of both ends; every task's phase, recovered by
+    least squares, inside (to 1e-4, the fit's float32 error)."""
+    x1, y1, x2, _ = maml.sample_tasks(random.PRNGKey(3), 50, 5, phase_range=(0.0, 0.1), x_range=(1.0, 2.0))
+    xs = np.concatenate([np.ravel(x1), np.ravel(x2)])
+    assert 1.0 <= xs.min() < 1.05 and 1.95 < xs.max() < 2.0
+    phases = [fit_sinusoid(np.ravel(x1[t]), np.ravel(y1[t]))[1] for t in range(50)]
+    assert -1e-4 <= min(phases) and max(phases) <= 0.1 + 1e-4
+
+
 def test_sample_tasks_same_key_same_tasks_other_key_other_tasks():
     a = maml.sample_tasks(random.PRNGKey(4), 25, 10)
     b = maml.sample_tasks(random.PRNGKey(4), 25, 10)
@@ -426,15 +437,17 @@ def adam_by_hand(params, grads_per_step, steps, lr=1e-3, b1=0.9, b2=0.999, eps=1
     return p
 
 
-def test_step_is_adam_at_1e_3_on_the_maml_gradient_with_its_step_count(x64):
+@pytest.mark.parametrize("alpha", [(), (0.05,)], ids=["default alpha", "alpha 0.05"])
+def test_step_is_adam_at_1e_3_on_the_maml_gradient_with_its_step_count(x64, alpha):
     """Three steps of maml.step from step number 5 (so the bias corrections use the count: an
     off-by-one or a step counted from 0 again changes them) equal Adam by hand on the gradients of
-    batch_maml_loss. Float64: the two computations agree to ~1e-15 relative; 1e-10 leaves room."""
+    batch_maml_loss, with the inner step size step is given, or both defaults. Float64: the two
+    computations agree to ~1e-15 relative; 1e-10 leaves room."""
     params, (x1, y1, x2, y2) = f64_params(3), maml.sample_tasks(random.PRNGKey(2), 4, 10)
     batch = [jnp.asarray(a, jnp.float64) for a in (x1, y1, x2, y2)]
     state, grads, p = maml.opt_init(params), [], params
     for i in (5, 6, 7):
-        grads.append(grad(maml.batch_maml_loss)(maml.get_params(state), *batch))
-        state, _ = maml.step(i, state, *batch)
+        grads.append(grad(maml.batch_maml_loss)(maml.get_params(state), *batch, *alpha))
+        state, _ = maml.step(i, state, *batch, *alpha)
     for a, b in zip(tree_leaves(maml.get_params(state)), adam_by_hand(p, grads, (5, 6, 7))):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
