@@ -298,14 +298,15 @@ def test_sample_tasks_shapes_ranges_and_one_sinusoid_per_task(s):
 
 
 def test_sample_tasks_draws_inputs_and_phases_from_the_ranges_it_is_given():
-    """Inputs from x in [1, 2) and phases in [0, 0.1) (the paper's are [-5, 5) and [0, pi)): every
-    input inside, and 500 of them reach within 0.05 of both ends; every task's phase, recovered by
-    least squares, inside (to 1e-4, the fit's float32 error)."""
-    x1, y1, x2, _ = maml.sample_tasks(random.PRNGKey(3), 50, 5, phase_range=(0.0, 0.1), x_range=(1.0, 2.0))
+    """Inputs from x in [1, 2) and phases in [1, 1.1) (the paper's are [-5, 5) and [0, pi); ranges
+    that start away from 0, so that a range's start counts): every input inside, and 500 of them
+    reach within 0.05 of both ends; every task's phase, recovered by least squares, inside (to
+    1e-4, the fit's float32 error)."""
+    x1, y1, x2, _ = maml.sample_tasks(random.PRNGKey(3), 50, 5, phase_range=(1.0, 1.1), x_range=(1.0, 2.0))
     xs = np.concatenate([np.ravel(x1), np.ravel(x2)])
     assert 1.0 <= xs.min() < 1.05 and 1.95 < xs.max() < 2.0
     phases = [fit_sinusoid(np.ravel(x1[t]), np.ravel(y1[t]))[1] for t in range(50)]
-    assert -1e-4 <= min(phases) and max(phases) <= 0.1 + 1e-4
+    assert 1.0 - 1e-4 <= min(phases) and max(phases) <= 1.1 + 1e-4
 
 
 def test_sample_tasks_same_key_same_tasks_other_key_other_tasks():
