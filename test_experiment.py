@@ -122,8 +122,8 @@ def ks_truncated_normal(values):
 
 def test_eval_tasks_draw_amplitudes_from_the_range_they_are_given():
     """Held-out tasks of amplitudes U[2, 2.5] (not the paper's range, the sampler's default): on the
-    test grid of 100 points spaced 0.1 apart over [-5, 5], each sinusoid peaks within a factor
-    cos(0.05) > 0.998 of its amplitude, so every task's peak lies in [2 x 0.998, 2.5]."""
+    test grid of 100 points 10/99 apart over [-5, 5], each sinusoid peaks within a factor
+    cos(5/99) > 0.998 of its amplitude, so every task's peak lies in [2 x 0.998, 2.5]."""
     x1, y1, x_test, y_test = experiment.eval_tasks(random.PRNGKey(0), 300, 5, (2.0, 2.5))
     peaks = np.abs(np.asarray(y_test)).max(axis=(1, 2))
     assert x_test.shape == (100, 1) and peaks.min() >= 2.0 * 0.998 and peaks.max() <= 2.5 + 1e-6
