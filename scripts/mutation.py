@@ -209,9 +209,15 @@ def change(mutmut, work, name):
     return [ln for ln in shown.splitlines() if ln[:1] in "-+" and ln[:3] not in ("---", "+++")]
 
 
-# Surviving mutants that no test could kill, because the program they make computes the same
-# numbers; each with the reason. Filled in by reading every survivor of the last run.
-EQUIVALENT = {}
+# Mutants that no test can kill, because the program they make computes the same numbers; each
+# with the reason, written after reading every survivor of the last run.
+AS_FLOAT32 = ("The candidate step sizes go to run_curves as float64 instead of float32; JAX, in "
+              "its default 32-bit mode (the experiment's), makes them float32 as they enter.")
+EQUIVALENT = {
+    "experiment.x_tune_step_size__mutmut_14": AS_FLOAT32,
+    "experiment.x_tune_step_size__mutmut_17": AS_FLOAT32,
+    "report.x_run_numbers__mutmut_2": "NumPy's astype(None) is astype(float64), its default type.",
+}
 
 
 def label_record(args, work):
@@ -219,12 +225,14 @@ def label_record(args, work):
     with open(os.path.join(work, "commit.txt")) as f:
         commit = f.read().strip()
     return {"commit": commit, "when": record.now(), "load": record.load(),
-            "machine": record.machine(mutmut=version(args.mutmut)), "outcomes": outcomes(work),
+            "machine": record.machine(mutmut=version(args.mutmut, work)), "outcomes": outcomes(work),
             "planted": plant_all(work + "-planted", commit)}
 
 
-def version(mutmut):
-    return subprocess.run([mutmut, "--version"], capture_output=True, text=True).stdout.split()[-1]
+def version(mutmut, work):
+    """mutmut's version, as it prints it (it reads its configuration first, so in the copy)."""
+    return subprocess.run([mutmut, "--version"], cwd=work, capture_output=True, text=True,
+                          check=True).stdout.split()[-1]
 
 
 def results(args, old):
@@ -288,7 +296,7 @@ def survivor_lines(data):
     lines = []
     for name, status in last.items():
         if status != "killed":
-            change = " → ".join(f"`{ln}`" for ln in data["changes"][name])
+            change = " → ".join(f"`{ln[0]} {ln[1:].strip()}`" for ln in data["changes"][name])
             lines.append(f"- `{name}` ({status}): {change}. "
                          + data["equivalent"].get(name, "**Not explained.**"))
     return lines or ["- none"]
@@ -307,22 +315,30 @@ def render(data):
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m scripts.mutation", allow_abbrev=False,
                                  description=__doc__.splitlines()[0])
-    ap.add_argument("--work", required=True, help="a folder for mutmut's copy (emptied first)")
-    ap.add_argument("--label", required=True, help="the name of this run in the JSON (before, after)")
+    ap.add_argument("--work", help="a folder for mutmut's copy (emptied first)")
+    ap.add_argument("--label", help="the name of this run in the JSON (before, after)")
     ap.add_argument("--commit", default="HEAD", help="the commit whose code and tests to measure (HEAD)")
     ap.add_argument("--mutmut", default=shutil.which("mutmut") or "mutmut", help="mutmut's command")
     ap.add_argument("--summarise-only", action="store_true",
                     help="read the outcomes of a mutmut run already in --work instead of running "
                     "it again (the planted changes run either way)")
+    ap.add_argument("--explain-only", action="store_true",
+                    help="run nothing: write EQUIVALENT's reasons into --out and render it again")
     ap.add_argument("--out", default=os.path.join(ROOT, "figures", "mutation.json"),
                     help="the JSON to write (the markdown goes beside it, .md)")
     args = ap.parse_args(argv)
+    if not args.explain_only and not (args.work and args.label):
+        ap.error("--work and --label are needed, unless --explain-only")
     args.argv = sys.argv[1:] if argv is None else argv
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.explain_only:
+        data = dict(report.read_json(args.out), equivalent=EQUIVALENT)
+        print(record.write(args.out, data, render, ".md"), end="")
+        return
     if not args.summarise_only:
         commit = subprocess.run(["git", "rev-parse", args.commit], cwd=ROOT, capture_output=True,
                                 text=True, check=True).stdout.strip()
