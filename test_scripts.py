@@ -24,7 +24,7 @@ from jax.flatten_util import ravel_pytree
 import experiment
 import maml
 import report
-from scripts import bench, curvature, record, runs_at_once
+from scripts import bench, curvature, mutation, record, runs_at_once
 
 FIGURES = os.path.join(record.ROOT, "figures")
 
@@ -162,7 +162,7 @@ def test_the_recorded_command_names_no_path_of_this_machine():
     assert via_env == "TORCH_PYTHON=<a Python with torch> python -m scripts.bench"
 
 
-COMMITTED = [("benchmark", bench), ("runs_at_once", runs_at_once)]
+COMMITTED = [("benchmark", bench), ("runs_at_once", runs_at_once), ("mutation", mutation)]
 
 
 @pytest.mark.parametrize("name, script", COMMITTED, ids=[name for name, _ in COMMITTED])
@@ -218,3 +218,40 @@ def test_from_2019_page_quotes_the_committed_speedups():
             f"{x('loop', 'blog as written', 'blog'):.1f} times faster than the blog as written, "
             f"and {x('loop', 'careful port', 'paper'):.2f} and "
             f"{x('loop', 'careful port', 'blog'):.2f} times as fast as the careful port") in page
+
+
+def test_mutation_testing_unrolls_a_decorator_into_the_same_function():
+    """scripts/mutation.py rewrites `@dec def f` as `def f` then `f = dec(f)` (mutmut leaves
+    decorated functions alone): the same function, stacked decorators applied innermost first."""
+    source = ("from functools import partial\nfrom jax import jit\n\n\n"
+              "@partial(jit, static_argnames=('n',))\n@jit\ndef f(x, n):\n    return x * n\n")
+    rewritten = mutation.undecorate(source)
+    assert rewritten.endswith("def f(x, n):\n    return x * n\n\n\nf = partial(jit, static_argnames=('n',))(jit(f))\n")
+    space = {}
+    exec(rewritten, space)
+    assert space["f"](2.0, n=3) == 6.0 and "@" not in rewritten
+
+
+def test_every_mutant_the_tests_do_not_kill_is_explained():
+    """figures/mutation.json: the runs before and after cover the same mutants; every one that the
+    last run's tests did not kill has its reason on record (it computes the same numbers), and
+    every change planted by hand outside a function was caught."""
+    data = report.read_json(os.path.join(FIGURES, "mutation.json"))
+    runs = list(data["runs"].values())
+    assert runs[0]["outcomes"].keys() == runs[-1]["outcomes"].keys()
+    missed = [name for name, status in runs[-1]["outcomes"].items() if status != "killed"]
+    assert set(missed) <= set(data["equivalent"]), set(missed) - set(data["equivalent"])
+    assert all(p["outcome"] == "killed" for p in runs[-1]["planted"])
+
+
+def test_testing_page_states_the_mutation_runs_count_and_version():
+    """The Testing page's count of mutants and mutmut's version are those of figures/mutation.json,
+    and the page includes its table."""
+    data = report.read_json(os.path.join(FIGURES, "mutation.json"))
+    with open(os.path.join(record.ROOT, "docs", "testing.md")) as f:
+        page = " ".join(f.read().split())
+    last = list(data["runs"].values())[-1]
+    assert f"once for each of the {len(last['outcomes'])} mutants" in page
+    assert f"install mutmut {last['machine']['mutmut']} beside" in page
+    assert f"pip install mutmut=={last['machine']['mutmut']}" in page
+    assert '--8<-- "figures/mutation.md"' in page
