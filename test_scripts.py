@@ -255,3 +255,17 @@ def test_testing_page_states_the_mutation_runs_count_and_version():
     assert f"install mutmut {last['machine']['mutmut']} beside" in page
     assert f"pip install mutmut=={last['machine']['mutmut']}" in page
     assert '--8<-- "figures/mutation.md"' in page
+
+
+@pytest.mark.parametrize("where", ["repository", "a folder of other files"])
+def test_mutation_refuses_a_work_folder_it_would_wrongly_empty(where, tmp_path, capsys):
+    """The mutation program empties --work before it copies the project there: the repository (or
+    a folder inside or above it) and a folder of files it did not write stop it with one line
+    naming --work, before anything is touched."""
+    work = record.ROOT if where == "repository" else str(tmp_path)
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit) as stop:
+        mutation.parse_args(["--work", work, "--label", "after"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and err[-1].startswith("python -m scripts.mutation: error: --work: ")
+    assert (tmp_path / "notes.txt").read_text() == "keep me"

@@ -168,6 +168,8 @@ def plant(work, path, old, new):
 def plant_all(work, commit):
     """Each change of PLANTED, in a plain copy of the project at `commit`."""
     export(commit, work)
+    with open(os.path.join(work, "commit.txt"), "w") as f:
+        f.write(commit)
     return [dict(file=path, line=old, planted=new, outcome=plant(work, path, old, new))
             for path, old, new in PLANTED]
 
@@ -335,8 +337,21 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if not args.explain_only and not (args.work and args.label):
         ap.error("--work and --label are needed, unless --explain-only")
+    for folder in ([] if args.explain_only else [args.work, args.work + "-planted"]):
+        check_work(ap, folder)
+    if args.summarise_only and not glob.glob(os.path.join(args.work, "mutants", "*.py.meta")):
+        ap.error(f"--summarise-only: {args.work} holds no mutmut run to read")
     args.argv = sys.argv[1:] if argv is None else argv
     return args
+
+
+def check_work(ap, folder):
+    """A folder this program may empty: outside the repository, and new, empty or a copy it made."""
+    path, root = os.path.realpath(folder), os.path.realpath(ROOT)
+    if os.path.commonpath([path, root]) in (path, root):
+        ap.error(f"--work: {folder} is in or above the repository; give a folder outside it")
+    if os.path.isdir(path) and os.listdir(path) and not os.path.exists(os.path.join(path, "commit.txt")):
+        ap.error(f"--work: {folder} holds files this program did not write; give a new or empty folder")
 
 
 def main(argv=None):
