@@ -98,10 +98,8 @@ def test_the_committed_runs_used_the_setups_and_the_papers_numbers_of_todays_cod
     step size, the initialisation or the paper's table in the code, which would leave the committed
     numbers describing another experiment, fails here."""
     results = load(folder)
-    assert results["setup"] == {key: list(v) if isinstance(v, tuple) else v
-                                for key, v in experiment.SETUPS[results["setup_name"]].items()}
-    assert results["paper"] == {name: {str(n): v for n, v in row.items()}
-                                for name, row in experiment.PAPER_MSE_K5.items()}
+    assert results["setup"] == report.plain(experiment.SETUPS[results["setup_name"]])
+    assert results["paper"] == report.plain(experiment.PAPER_MSE_K5)
 
 
 @pytest.mark.parametrize("folder", RUNS)
