@@ -106,12 +106,15 @@ def setup_cfg():
 
 
 def export(commit, work):
-    """The project's files as `commit` has them, in a fresh folder `work`."""
+    """The project's files as `commit` has them, in a fresh folder `work`, with commit.txt naming
+    the commit (and marking the folder as this program's, which check_work lets it empty)."""
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     tree = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(tree)) as tar:
         tar.extractall(work, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    with open(os.path.join(work, "commit.txt"), "w") as f:
+        f.write(commit)
 
 
 def prepare(work, commit):
@@ -123,7 +126,7 @@ def prepare(work, commit):
             source = undecorate(f.read())
         with open(path, "w") as f:
             f.write(source)
-    for name, text in (("conftest.py", CONFTEST), ("setup.cfg", setup_cfg()), ("commit.txt", commit)):
+    for name, text in (("conftest.py", CONFTEST), ("setup.cfg", setup_cfg())):
         with open(os.path.join(work, name), "w") as f:
             f.write(text)
 
@@ -168,8 +171,6 @@ def plant(work, path, old, new):
 def plant_all(work, commit):
     """Each change of PLANTED, in a plain copy of the project at `commit`."""
     export(commit, work)
-    with open(os.path.join(work, "commit.txt"), "w") as f:
-        f.write(commit)
     return [dict(file=path, line=old, planted=new, outcome=plant(work, path, old, new))
             for path, old, new in PLANTED]
 
