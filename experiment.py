@@ -15,8 +15,7 @@ import numpy as np
 from jax import jit, lax, random, vmap
 from jax.tree_util import tree_leaves, tree_map
 
-import preflight
-import report
+from machinery import preflight, report
 from maml import (get_params, inner_update, loss, net_init, opt_init, opt_update, sample_sinusoids,
                   sample_tasks, step)
 

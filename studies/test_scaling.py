@@ -1,7 +1,7 @@
 """The unchanged `maml.step` with its task axis sharded over devices, and split over processes.
 
-Both tests run the scripts that docs/scaling.md shows, scripts/sharding.py and
-scripts/distributed.py, as `python -m scripts.NAME` from the repository root, in fresh Python
+Both tests run the scripts that docs/scaling.md shows, studies/sharding.py and
+studies/distributed.py, as `python -m studies.NAME` from the repository root, in fresh Python
 processes: the number of CPU devices and jax.distributed are fixed when JAX starts, so this pytest
 process cannot change them.
 
@@ -20,25 +20,19 @@ import time
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+from studies.conftest import ROOT, cpu_env
 RTOL, ATOL = 1e-5, 1e-6
 TIME_LIMIT_S = 120  # for the two processes together; they take ~20 s on 2 shared cores
 
 
-def cpu_env(**extra):
-    """This environment on the CPU, without any inherited XLA_FLAGS (they could set a device count)."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **extra)
-    return env
-
 
 def test_one_step_with_tasks_sharded_over_4_devices_matches_one_device():
-    """scripts/sharding.py on 4 CPU devices: the meta-batch's 28 tasks split 7 per device, the
+    """studies/sharding.py on 4 CPU devices: the meta-batch's 28 tasks split 7 per device, the
     optimizer state replicated. The script itself asserts that one `maml.step` gives the same loss
     and optimizer state (parameters and Adam's moments) as on one device, within rtol 1e-5 and
     atol 1e-6 (float32 sums in another order), and that every input array lies on all 4 devices,
     7 tasks on each. Here: it exits 0 and its summary says 4 devices and an all-reduce."""
-    run = subprocess.run([sys.executable, "-m", "scripts.sharding"], cwd=ROOT, capture_output=True,
+    run = subprocess.run([sys.executable, "-m", "studies.sharding"], cwd=ROOT, capture_output=True,
                          text=True, timeout=120,
                          env=cpu_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
     assert run.returncode == 0, run.stdout + run.stderr[-4000:]
@@ -56,7 +50,7 @@ def free_port():
 
 def test_two_processes_with_half_the_tasks_each_train_like_one_process(tmp_path):
     """Two processes on 127.0.0.1 join with jax.distributed.initialize (CPU, gloo), one device
-    each, and run scripts/distributed.py's 5 `maml.step`s, each holding 13 of every meta-batch's 26
+    each, and run studies/distributed.py's 5 `maml.step`s, each holding 13 of every meta-batch's 26
     tasks. Both must end with the losses and parameters of this process running the same 5 steps
     on all 26 tasks on one device, within rtol 1e-5 and atol 1e-6 (float32 sums in another order).
     Both processes are stopped in all cases: when done, when one fails, or after 120 s."""
@@ -67,7 +61,7 @@ def test_two_processes_with_half_the_tasks_each_train_like_one_process(tmp_path)
         for p in range(2):
             with open(logs[p], "w") as log:  # a file, not a pipe: a full pipe would stall the process
                 procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "scripts.distributed", str(outs[p]), "--coordinator", f"127.0.0.1:{port}",
+                    [sys.executable, "-m", "studies.distributed", str(outs[p]), "--coordinator", f"127.0.0.1:{port}",
                      "--num-processes", "2", "--process-id", str(p)],
                     cwd=ROOT, env=cpu_env(), stdout=log, stderr=subprocess.STDOUT))
         # Wait for both, but not past the deadline, nor once one has failed: its partner would

@@ -10,9 +10,9 @@ that ended worse and the counts as JSON, and the table the Results page shows be
 
 Run from the repository root:
 
-    python -m scripts.curvature                 # figures/curvature.json and figures/curvature.txt
-    python -m scripts.curvature --tasks 40 --out /tmp/c.json   # the first 40 tasks, a quick look
-    python -m scripts.curvature --figures /tmp/runs   # the runs saved in /tmp/runs/{paper,code}
+    python -m studies.curvature                 # figures/curvature.json and figures/curvature.txt
+    python -m studies.curvature --tasks 40 --out /tmp/c.json   # the first 40 tasks, a quick look
+    python -m studies.curvature --figures /tmp/runs   # the runs saved in /tmp/runs/{paper,code}
 """
 import argparse
 import os
@@ -28,8 +28,7 @@ from jax.tree_util import tree_structure, tree_unflatten
 
 import experiment
 import maml
-import report
-from scripts import record
+from machinery import program, report
 
 
 # -8<- [start:eigenvalue]
@@ -165,13 +164,13 @@ def render(data):
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m scripts.curvature", allow_abbrev=False,
+    ap = argparse.ArgumentParser(prog="python -m studies.curvature", allow_abbrev=False,
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--setups", default="paper,code", help="the setups to measure (paper,code)")
-    ap.add_argument("--figures", default=os.path.join(record.ROOT, "figures"), metavar="DIR",
+    ap.add_argument("--figures", default=os.path.join(program.ROOT, "figures"), metavar="DIR",
                     help="the folder that holds a folder of saved runs per setup (figures)")
     ap.add_argument("--tasks", type=int, default=None, help="only the first N held-out tasks")
-    ap.add_argument("--out", default=os.path.join(record.ROOT, "figures", "curvature.json"),
+    ap.add_argument("--out", default=os.path.join(program.ROOT, "figures", "curvature.json"),
                     help="the JSON to write; the table goes beside it, .txt "
                     "(figures/curvature.json)")
     args = ap.parse_args(argv)
@@ -182,8 +181,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     setups = [measure(os.path.join(args.figures, s), args.tasks) for s in args.setups.split(",")]
-    data = dict(command=record.command("scripts.curvature", args.argv), setups=setups)
-    print(record.write(args.out, data, render, ".txt"), end="")
+    data = dict(command=program.command("studies.curvature", args.argv), setups=setups)
+    print(program.write(args.out, data, render, ".txt"), end="")
 
 
 if __name__ == "__main__":

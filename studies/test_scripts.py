@@ -23,10 +23,10 @@ from jax.flatten_util import ravel_pytree
 
 import experiment
 import maml
-import report
-from scripts import bench, curvature, mutation, record, runs_at_once
+from machinery import program, report
+from studies import bench, curvature, mutation, runs_at_once
 
-FIGURES = os.path.join(record.ROOT, "figures")
+FIGURES = os.path.join(program.ROOT, "figures")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def saved_runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def curvature_run(saved_runs):
-    """`python -m scripts.curvature` on those runs: its JSON and its text table."""
+    """`python -m studies.curvature` on those runs: its JSON and its text table."""
     out = saved_runs / "curvature.json"
     curvature.main(["--figures", str(saved_runs), "--setups", "code", "--out", str(out)])
     return report.read_json(out), out.with_suffix(".txt").read_text()
@@ -106,7 +106,7 @@ def test_curvature_json_holds_every_task_and_its_table(curvature_run):
 
 
 def test_benchmark_quick_run_times_both_loops_which_train_alike(tmp_path, capsys):
-    """`python -m scripts.bench` in its quick mode (1 round of 200 steps at the paper's setting,
+    """`python -m studies.bench` in its quick mode (1 round of 200 steps at the paper's setting,
     the two loops of maml.py alone): each loop ran in a fresh process and has one positive,
     finite time; both trained on the same batches, so they end at the same loss, to 1e-3
     relative (float32 sums in another order; another batch would differ by ~10%); the peers were
@@ -125,14 +125,14 @@ def test_benchmark_quick_run_times_both_loops_which_train_alike(tmp_path, capsys
     assert math.isclose(*losses, rel_tol=1e-3), losses
     assert {t["result"] for t in data["targets"]} == {"not measured"}
     assert (tmp_path / "bench.md").read_text() == bench.render(data)
-    words = data["command"].split()  # python -m scripts.bench ... --out <a path>
+    words = data["command"].split()  # python -m studies.bench ... --out <a path>
     again = bench.parse_args(words[3:words.index("--out")])
     assert (again.rounds, again.steps, again.only, again.settings, again.no_costs) == \
         (1, 200, "train,loop", "paper", True)
 
 
 def test_runs_at_once_quick_run_measures_each_size(tmp_path):
-    """`python -m scripts.runs_at_once` for 1 and 2 runs of 60 steps on 2 held-out tasks, one
+    """`python -m studies.runs_at_once` for 1 and 2 runs of 60 steps on 2 held-out tasks, one
     round: one entry per size, in order, each from a whole experiment.py that took longer than
     its own timed steps (the fixed part is positive: a time read in the wrong unit would break
     this), and the markdown is the JSON's rendering."""
@@ -149,17 +149,17 @@ def test_runs_at_once_quick_run_measures_each_size(tmp_path):
 
 
 def test_the_recorded_command_names_no_path_of_this_machine():
-    """record.command, which writes the command of every result: the PyTorch interpreter becomes
+    """program.command, which writes the command of every result: the PyTorch interpreter becomes
     a placeholder, a path inside the repository becomes relative, any other absolute path a
     placeholder; the other words stay as given."""
     argv = ["--torch-python", "/opt/venv/bin/python", "--out",
-            os.path.join(record.ROOT, "figures", "b.json"), "--peers=/elsewhere/peers",
+            os.path.join(program.ROOT, "figures", "b.json"), "--peers=/elsewhere/peers",
             "--steps", "5"]
-    got = record.command("scripts.bench", argv, hide={"--torch-python": "<a Python with torch>"})
-    assert got == ("python -m scripts.bench --torch-python <a Python with torch> "
+    got = program.command("studies.bench", argv, hide={"--torch-python": "<a Python with torch>"})
+    assert got == ("python -m studies.bench --torch-python <a Python with torch> "
                    "--out figures/b.json --peers=<a path> --steps 5")
-    via_env = record.command("scripts.bench", [], env={"TORCH_PYTHON": "<a Python with torch>"})
-    assert via_env == "TORCH_PYTHON=<a Python with torch> python -m scripts.bench"
+    via_env = program.command("studies.bench", [], env={"TORCH_PYTHON": "<a Python with torch>"})
+    assert via_env == "TORCH_PYTHON=<a Python with torch> python -m studies.bench"
 
 
 COMMITTED = [("benchmark", bench), ("runs_at_once", runs_at_once), ("mutation", mutation)]
@@ -184,7 +184,7 @@ def test_performance_page_sentences_about_runs_at_once_hold():
     than N: under 5 times one run's for 16 times the runs), and the full-run ratios (at once /
     separately) of 4 and 16 runs, each as the JSON has it, to the digits the page gives."""
     data = report.read_json(os.path.join(FIGURES, "runs_at_once.json"))
-    with open(os.path.join(record.ROOT, "docs", "performance.md")) as f:
+    with open(os.path.join(program.ROOT, "docs", "performance.md")) as f:
         page = " ".join(f.read().split())  # the sentences, whatever the line breaks
     section = page[page.index("## Several runs at once"):page.index("## The benchmark script")]
     sizes = {s["runs"]: s for s in data["sizes"]}
@@ -204,7 +204,7 @@ def test_from_2019_page_quotes_the_committed_speedups():
     median of the rounds' ratios), to the digits the page gives: the training loop and the
     copy-paste loop against the blog as written and the careful port, at both settings."""
     speedups = report.read_json(os.path.join(FIGURES, "benchmark.json"))["speedups"]
-    with open(os.path.join(record.ROOT, "docs", "from-2019.md")) as f:
+    with open(os.path.join(program.ROOT, "docs", "from-2019.md")) as f:
         page = " ".join(f.read().split())  # the sentences, whatever the line breaks
 
     def x(ours, baseline, setting):
@@ -221,7 +221,7 @@ def test_from_2019_page_quotes_the_committed_speedups():
 
 
 def test_mutation_testing_unrolls_a_decorator_into_the_same_function():
-    """scripts/mutation.py rewrites `@dec def f` as `def f` then `f = dec(f)` (mutmut leaves
+    """studies/mutation.py rewrites `@dec def f` as `def f` then `f = dec(f)` (mutmut leaves
     decorated functions alone): the same function, stacked decorators applied innermost first."""
     source = ("from functools import partial\nfrom jax import jit\n\n\n"
               "@partial(jit, static_argnames=('n',))\n@jit\ndef f(x, n):\n    return x * n\n")
@@ -248,7 +248,7 @@ def test_testing_page_states_the_mutation_runs_count_and_version():
     """The Testing page's count of mutants and mutmut's version are those of figures/mutation.json,
     and the page includes its table."""
     data = report.read_json(os.path.join(FIGURES, "mutation.json"))
-    with open(os.path.join(record.ROOT, "docs", "testing.md")) as f:
+    with open(os.path.join(program.ROOT, "docs", "testing.md")) as f:
         page = " ".join(f.read().split())
     last = list(data["runs"].values())[-1]
     assert f"once for each of the {len(last['outcomes'])} mutants" in page
@@ -262,10 +262,10 @@ def test_mutation_refuses_a_work_folder_it_would_wrongly_empty(where, tmp_path, 
     """The mutation program empties --work before it copies the project there: the repository (or
     a folder inside or above it) and a folder of files it did not write stop it with one line
     naming --work, before anything is touched."""
-    work = record.ROOT if where == "repository" else str(tmp_path)
+    work = program.ROOT if where == "repository" else str(tmp_path)
     (tmp_path / "notes.txt").write_text("keep me")
     with pytest.raises(SystemExit) as stop:
         mutation.parse_args(["--work", work, "--label", "after"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert stop.value.code == 2 and err[-1].startswith("python -m scripts.mutation: error: --work: ")
+    assert stop.value.code == 2 and err[-1].startswith("python -m studies.mutation: error: --work: ")
     assert (tmp_path / "notes.txt").read_text() == "keep me"

@@ -17,7 +17,7 @@ Each mutant runs in a fresh process (mutmut's fork server, forking before JAX is
 Run from the repository root (35 minutes on two cores on 2026-12-01: 25 for mutmut, 10 for the
 changes planted by hand):
 
-    python -m scripts.mutation --work /tmp/mutation --label after   # figures/mutation.json, .md
+    python -m studies.mutation --work /tmp/mutation --label after   # figures/mutation.json, .md
 """
 import argparse
 import ast
@@ -30,10 +30,9 @@ import subprocess
 import sys
 import tarfile
 
-import report
-from scripts import record
+from machinery import program, report
 
-ROOT = record.ROOT
+ROOT = program.ROOT
 # The functions mutated: maml.py's whole algorithm, and the evaluation of experiment.py (held-out
 # tasks, adaptation, the baseline's step size) with the statistics report.py makes of it.
 SCOPE = {
@@ -233,8 +232,8 @@ def label_record(args, work):
     """One run of the tool: the tests' commit, how it was run, and every mutant's outcome."""
     with open(os.path.join(work, "commit.txt")) as f:
         commit = f.read().strip()
-    return {"commit": commit, "when": record.now(), "load": record.load(),
-            "machine": record.machine(mutmut=version(args.mutmut, work)), "outcomes": outcomes(work),
+    return {"commit": commit, "when": program.now(), "load": program.load(),
+            "machine": program.machine(mutmut=version(args.mutmut, work)), "outcomes": outcomes(work),
             "planted": plant_all(work + "-planted", commit)}
 
 
@@ -251,7 +250,7 @@ def results(args, old):
     for name, status in runs[args.label]["outcomes"].items():
         if status != "killed" and name not in changes:
             changes[name] = change(args.mutmut, args.work, name)
-    return {"command": record.command("scripts.mutation", args.argv, hide={"--mutmut": "<mutmut>"}),
+    return {"command": program.command("studies.mutation", args.argv, hide={"--mutmut": "<mutmut>"}),
             "scope": SCOPE, "tests": TESTS, "left_out": LEFT_OUT, "runs": runs,
             "changes": changes, "equivalent": EQUIVALENT}
 
@@ -322,7 +321,7 @@ def render(data):
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m scripts.mutation", allow_abbrev=False,
+    ap = argparse.ArgumentParser(prog="python -m studies.mutation", allow_abbrev=False,
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--work", help="a folder for mutmut's copy (emptied first)")
     ap.add_argument("--label", help="the name of this run in the JSON (before, after)")
@@ -359,7 +358,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.explain_only:
         data = dict(report.read_json(args.out), equivalent=EQUIVALENT)
-        print(record.write(args.out, data, render, ".md"), end="")
+        print(program.write(args.out, data, render, ".md"), end="")
         return
     if not args.summarise_only:
         commit = subprocess.run(["git", "rev-parse", args.commit], cwd=ROOT, capture_output=True,
@@ -367,7 +366,7 @@ def main(argv=None):
         prepare(args.work, commit)
         run_mutmut(args.mutmut, args.work)
     old = report.read_json(args.out) if os.path.exists(args.out) else {}
-    print(record.write(args.out, results(args, old), render, ".md"), end="")
+    print(program.write(args.out, results(args, old), render, ".md"), end="")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Multi-step MAML as a lax.scan (scripts/variants.py) against the unrolled Python loop.
+"""Multi-step MAML as a lax.scan (studies/variants.py) against the unrolled Python loop.
 
 Run with `python -m pytest test_variants.py`. Everything here runs in float64 (switched on as a
 context, so no other test sees it): the scan, the unrolled loop and the checkpointed scan do the
@@ -18,7 +18,7 @@ from jax.flatten_util import ravel_pytree
 from jax.tree_util import tree_map
 
 import maml
-from scripts import variants
+from studies import variants
 
 # Relative distance allowed: float64 rounding through a few steps is ~1e-14, a real difference is
 # >= 1e-2. (Seen with jax 0.10.2 on a CPU: exactly 0, in float64 and in float32 alike.)
@@ -130,7 +130,7 @@ def test_make_step_of_maml_loss_is_maml_step_and_meta_sgd_starts_as_maml():
 
 
 def variants_data():
-    import report
+    from machinery import report
     return report.read_json("figures/variants.json")
 
 

@@ -6,14 +6,14 @@ Reads figures/paper/results.json and figures/code/results.json, as
 figures/comparison.md and figures/runs.png. The numbers are copied from the JSON, never
 recomputed, so the table can only say what the committed results say.
 
-    python -m scripts.compare
+    python -m studies.compare
 """
 import os
 
 import numpy as np
 
 import experiment
-import report
+from machinery import report
 
 SETUPS = ("code", "paper")  # the released code's settings first: they reproduce the paper
 STEPS = (1, 5, 10)
@@ -70,7 +70,7 @@ def table(loaded):
     n_tasks = loaded[SETUPS[0]]["eval_tasks"]
     return ("\n".join(lines) + f"\n\nHeld-out MSE on {n_tasks} tasks after 1, 5 and 10 gradient "
             "steps; each run's number is its mean over the tasks. Made by "
-            f"{commands}, then `python -m scripts.compare`.\n")
+            f"{commands}, then `python -m studies.compare`.\n")
 
 
 def runs_figure(loaded):

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-import report
+from machinery import report
 
 EVAL_KS = (5, 10)
 PAPER = {"MAML": {1: 0.67, 5: 0.38, 10: 0.35}, "pretrained": {1: 2.41, 5: 2.23, 10: 2.19}}

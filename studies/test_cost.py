@@ -1,7 +1,7 @@
-"""What second order costs: scripts/cost.py, its committed data, and the page that shows them.
+"""What second order costs: studies/cost.py, its committed data, and the page that shows them.
 
 Run with `python -m pytest test_cost.py`. The checks:
-- `python -m scripts.cost --quick` runs, and XLA's memory counts order the modes as the page says
+- `python -m studies.cost --quick` runs, and XLA's memory counts order the modes as the page says
   they must: at the largest S, checkpointing holds fewer temporaries than plain second order, and
   first order fewer than either;
 - the fitted growth rates in cost.json are what a least-squares fit of its own raw numbers gives,
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scripts.cost import MODES
+from studies.cost import MODES
 
-ROOT = Path(__file__).resolve().parent
+from studies.conftest import ROOT
 COMMITTED = ROOT / "figures" / "cost.json"
 
 
@@ -30,7 +30,7 @@ COMMITTED = ROOT / "figures" / "cost.json"
 def quick(tmp_path_factory):
     """The quick run's cost.json, with the folder it wrote."""
     out = tmp_path_factory.mktemp("cost")
-    result = subprocess.run([sys.executable, "-m", "scripts.cost", "--quick", "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "studies.cost", "--quick", "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=600,
                             env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -44,7 +44,7 @@ def points(data, **where):
 def test_quick_run_writes_its_three_files_and_times_every_point(quick):
     data, out = quick
     assert (out / "cost.png").stat().st_size > 10_000
-    assert data["command"] == f"python -m scripts.cost --quick --out {out}"
+    assert data["command"] == f"python -m studies.cost --quick --out {out}"
     for p in data["points"]:
         assert p["finite"] and len(p["ms_rounds"]) == data["rounds"] == 2, p
         assert all(math.isfinite(t) and t > 0 for t in p["ms_rounds"]), p
@@ -71,7 +71,7 @@ def refit(spec, data):
 
 @pytest.mark.parametrize("source", ["quick", "committed"])
 def test_fits_and_tables_are_recomputed_from_the_raw_numbers(source, quick):
-    from scripts import cost
+    from studies import cost
     if source == "quick":
         data, out = quick
         md = (out / "cost.md").read_text()
@@ -90,7 +90,7 @@ def test_fits_and_tables_are_recomputed_from_the_raw_numbers(source, quick):
 
 def test_the_committed_sweep_covers_the_issue_s_sizes():
     data = json.loads(COMMITTED.read_text())
-    assert data["command"] == "python -m scripts.cost"
+    assert data["command"] == "python -m studies.cost"
     steps, tasks, ks = (1, 2, 5, 10, 20, 50, 100), (1, 5, 25, 100, 400), (5, 10, 50, 200)
     assert sorted((p["mode"], p["S"]) for p in points(data, sweep="inner steps", tasks=25, K=10)) \
         == sorted((m, s) for m in ("second order", "checkpointed", "first order") for s in steps)
@@ -107,8 +107,8 @@ def stated_numbers(data):
     """Every number the Performance page's "What second order costs" states, as the page writes
     it (with a word or two of its context), recomputed from cost.json; and the facts that the
     sentences around them claim, asserted."""
-    from preflight import readable as size
-    from scripts.cost import fitted, ms
+    from machinery.preflight import readable as size
+    from studies.cost import fitted, ms
     step = {(p["mode"], p["S"]): p for p in points(data, sweep="inner steps")}
     batch = {(p["tasks"], p["K"]): p for p in points(data, sweep="meta-batch")}
     bytes_per = {m: fitted(data, "slope", "temp_bytes", "S", mode=m)

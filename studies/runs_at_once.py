@@ -10,8 +10,8 @@ a full run of 70,000 steps costs at once against N separate runs.
 Run from the repository root; it writes the measurements as JSON (--out) and the table rendered
 from them beside it, .md:
 
-    python -m scripts.runs_at_once          # figures/runs_at_once.json and .md
-    python -m scripts.runs_at_once --sizes 1,16,64 --out /tmp/gpu.json   # on a GPU
+    python -m studies.runs_at_once          # figures/runs_at_once.json and .md
+    python -m studies.runs_at_once --sizes 1,16,64 --out /tmp/gpu.json   # on a GPU
 """
 import argparse
 import os
@@ -21,8 +21,7 @@ import sys
 import tempfile
 import time
 
-import report
-from scripts import record
+from machinery import program, report
 
 FULL = 70_000  # the paper's meta-training steps
 
@@ -34,7 +33,7 @@ def measure(runs, steps, eval_tasks):
         t0 = time.perf_counter()
         done = subprocess.run([sys.executable, "experiment.py", "--seeds", str(runs), "--steps",
                                str(steps), "--eval-tasks", str(eval_tasks), "--out", out],
-                              cwd=record.ROOT, capture_output=True, text=True)
+                              cwd=program.ROOT, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if done.returncode != 0:
             sys.exit(f"runs_at_once: experiment.py --seeds {runs} failed:\n{done.stderr[-2000:]}")
@@ -73,15 +72,15 @@ def results(got, args):
         separately = s["runs"] / one["runs"] * one["full_run_s"]
         s["at_once_over_separately"] = s["full_run_s"] / separately
     device = sizes[0]["rounds"][0]["device"]
-    return dict(command=record.command("scripts.runs_at_once", args.argv),
-                machine=record.machine(device=device), when=record.now(), load_after=record.load(),
+    return dict(command=program.command("studies.runs_at_once", args.argv),
+                machine=program.machine(device=device), when=program.now(), load_after=program.load(),
                 steps=args.steps, eval_tasks=args.eval_tasks, rounds=args.rounds, full_steps=FULL,
                 sizes=sizes)
 
 
 def render(data):
     """The markdown table, from the data alone."""
-    lines = [f"Measured on {record.machine_text(data['machine'])}; {data['when']}; load average "
+    lines = [f"Measured on {program.machine_text(data['machine'])}; {data['when']}; load average "
              f"{'/'.join(f'{x:.2f}' for x in data['load_after'])} after.", "",
              f"Command: `{data['command']}`", "",
              f"`python experiment.py --seeds N --steps {data['steps']:,}` (paper setting, "
@@ -98,13 +97,13 @@ def render(data):
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m scripts.runs_at_once", allow_abbrev=False,
+    ap = argparse.ArgumentParser(prog="python -m studies.runs_at_once", allow_abbrev=False,
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1,4,16", help="runs at once, each size in turn (1,4,16)")
     ap.add_argument("--steps", type=int, default=3000, help="meta-training steps of each (3000)")
     ap.add_argument("--rounds", type=int, default=3, help="every size runs once a round (3)")
     ap.add_argument("--eval-tasks", type=int, default=600, help="held-out tasks (600)")
-    ap.add_argument("--out", default=os.path.join(record.ROOT, "figures", "runs_at_once.json"),
+    ap.add_argument("--out", default=os.path.join(program.ROOT, "figures", "runs_at_once.json"),
                     help="the JSON to write; the markdown goes beside it, .md "
                     "(figures/runs_at_once.json)")
     args = ap.parse_args(argv)
@@ -116,7 +115,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     got = measure_all(args.sizes, args.rounds, args.steps, args.eval_tasks)
-    text = record.write(args.out, results(got, args), render, ".md")
+    text = program.write(args.out, results(got, args), render, ".md")
     print(text, end="")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent
+from studies.conftest import ROOT
 README_TEST_COMMAND = "pip install -r requirements.txt && python -m pytest"
 
 

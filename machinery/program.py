@@ -13,7 +13,7 @@ import platform
 import re
 import shlex
 
-import report
+from machinery import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # every script runs here
 

@@ -18,13 +18,13 @@ Implementations (--only picks some, by key):
 Run from the repository root. The measurements go to --out as JSON, and the tables rendered
 from them beside it (figures/benchmark.json and figures/benchmark.md):
 
-usage: python -m scripts.bench [--rounds 3] [--steps 3000] [--settings paper,blog]
+usage: python -m studies.bench [--rounds 3] [--steps 3000] [--settings paper,blog]
                                [--only KEY,...] [--no-costs] [--peers DIR] [--torch-python PY]
                                [--out figures/benchmark.json]
-A quick check (about 6 s here): python -m scripts.bench --rounds 1 --steps 200 --only train,loop
+A quick check (about 6 s here): python -m studies.bench --rounds 1 --steps 200 --only train,loop
                                --settings paper --no-costs --out /tmp/bench.json
 One measurement, as the driver runs it:
-    python -m scripts.bench --worker {train,loop,costs} --setup {paper,blog} [--steps N]
+    python -m studies.bench --worker {train,loop,costs} --setup {paper,blog} [--steps N]
 """
 import argparse
 import json
@@ -45,10 +45,10 @@ from jax import jit, lax, random, vmap
 
 import experiment
 import maml
-from scripts import record
+from machinery import program
 
-ROOT = record.ROOT
-SELF = ["-m", "scripts.bench"]  # a worker is this module, started in the repository's root
+ROOT = program.ROOT
+SELF = ["-m", "studies.bench"]  # a worker is this module, started in the repository's root
 
 # -8<- [start:settings]
 # The two settings, as the peers' flags; our workers check that experiment.SETUPS says the same.
@@ -348,9 +348,9 @@ def results(runs, costs, args, torch_version, loads):
     train = timings.get("train", {})
     torch = {"TORCH_PYTHON": "<a Python with torch>"} if args.torch_from_env else None
     return dict(
-        command=record.command("scripts.bench", args.argv,
+        command=program.command("studies.bench", args.argv,
                                hide={"--torch-python": "<a Python with torch>"}, env=torch),
-        machine=record.machine(torch=torch_version), when=record.now(),
+        machine=program.machine(torch=torch_version), when=program.now(),
         load=dict(before=loads[0], after=loads[1]), rounds=args.rounds, steps=args.steps,
         settings={s: SETTINGS[s] for s in settings},
         implementations={key: IMPLS[key][0] for key in runs}, ms_per_step=timings,
@@ -441,7 +441,7 @@ def render(data):
     """The markdown: machine, command, medians, speed-ups, targets, and where the time goes."""
     load = " before, ".join("/".join(f"{v:.2f}" for v in data["load"][w])
                             for w in ("before", "after"))
-    out = [f"Measured on {record.machine_text(data['machine'])}; {data['when']}; "
+    out = [f"Measured on {program.machine_text(data['machine'])}; {data['when']}; "
            f"load average (1, 5, 15 min) {load} after.", "",
            f"Command: `{data['command']}`", "",
            f"**Milliseconds per meta-step**: median (min-max) of {data['rounds']} rounds of "
@@ -464,7 +464,7 @@ def render(data):
 # ---------------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m scripts.bench", allow_abbrev=False,
+    ap = argparse.ArgumentParser(prog="python -m studies.bench", allow_abbrev=False,
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3, help="each implementation runs once a round")
     ap.add_argument("--steps", type=int, default=3000, help="meta-steps per run, the same for all")
@@ -528,14 +528,14 @@ def main(argv=None):
     peers = os.path.abspath(args.peers)
     torch = torch_version(args.torch_python) if {"torch", "torch1"} & set(keys) else None
     keys = available(keys, peers, torch)
-    load_before = record.load()
+    load_before = program.load()
     pythons = {"jax": sys.executable, "torch": args.torch_python}
     runs = measure(keys, settings, args.rounds, args.steps, pythons, peers)
     costs = {} if args.no_costs else measure_costs(settings)
-    data = results(runs, costs, args, torch, (load_before, record.load()))
-    table = record.write(args.out, data, render, ".md")
+    data = results(runs, costs, args, torch, (load_before, program.load()))
+    table = program.write(args.out, data, render, ".md")
     print("\n" + table, end="")
-    print(f"written to {args.out} and {record.text_path(args.out, '.md')}")
+    print(f"written to {args.out} and {program.text_path(args.out, '.md')}")
 
 
 if __name__ == "__main__":

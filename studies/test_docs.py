@@ -6,8 +6,8 @@ Run with `python -m pytest test_docs.py`. The checks:
 - every snippet include names a file and a section that exist, and every section of maml.py,
   experiment.py, report.py and preflight.py is shown somewhere, between well-formed markers;
 - the nav of mkdocs.yml and the pages in docs/ are the same set; docs/ holds no program;
-- the README pastes the comparison with the paper that scripts/compare.py wrote, and what
-  `python maml.py` printed; scripts/compare.py, run again, writes the committed table;
+- the README pastes the comparison with the paper that studies/compare.py wrote, and what
+  `python maml.py` printed; studies/compare.py, run again, writes the committed table;
 - `mkdocs build --strict` passes with no warning.
 The programs the pages show are tested in test_scripts.py, test_variants.py and test_cost.py.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent
+from studies.conftest import ROOT
 DOCS = ROOT / "docs"
 
 # A fence opens with three or more backticks (or tildes) and an info string, and closes with the
@@ -125,7 +125,7 @@ def includes():
     return found
 
 
-SOURCES = ["maml.py", "experiment.py", "report.py", "preflight.py"]
+SOURCES = ["maml.py", "experiment.py", "machinery/report.py", "machinery/preflight.py"]
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -219,10 +219,10 @@ def test_strict_build_passes_without_warnings(tmp_path):
 
 
 def test_compare_remakes_the_committed_comparison_table():
-    """scripts/compare.py, run on the committed results of both settings, gives
+    """studies/compare.py, run on the committed results of both settings, gives
     figures/comparison.md exactly: the table the README and the Results page show cannot drift
     from the runs."""
-    from scripts import compare
+    from studies import compare
 
     loaded = {setup: compare.load(setup, root=str(ROOT / "figures")) for setup in compare.SETUPS}
     assert compare.table(loaded) == (ROOT / "figures" / "comparison.md").read_text()

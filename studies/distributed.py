@@ -3,9 +3,9 @@
 Start one copy per process from the repository root, all with the same coordinator (host:port
 of process 0) and count:
 
-    python -m scripts.distributed /tmp/p0.npz --coordinator 127.0.0.1:12345 \
+    python -m studies.distributed /tmp/p0.npz --coordinator 127.0.0.1:12345 \
         --num-processes 2 --process-id 0 &
-    python -m scripts.distributed /tmp/p1.npz --coordinator 127.0.0.1:12345 \
+    python -m studies.distributed /tmp/p1.npz --coordinator 127.0.0.1:12345 \
         --num-processes 2 --process-id 1
 
 Without --coordinator it runs alone, on this process's devices. Each process holds only its share
@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import experiment
 import maml
 
-ap = argparse.ArgumentParser(prog="python -m scripts.distributed",
+ap = argparse.ArgumentParser(prog="python -m studies.distributed",
                              description=__doc__.splitlines()[0])
 ap.add_argument("out", help=".npz file for this process's results")
 ap.add_argument("--coordinator",

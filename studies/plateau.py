@@ -10,8 +10,8 @@ committed twenty-run results (figures/code, figures/paper), beside the run's K =
      0.001): the two cells the setups do not cover are trained here, MAML alone, 10 runs each.
 Writes figures/plateau.json, and figures/plateau.md rendered from it.
 
-    python -m scripts.plateau          # about 40 minutes on two CPU cores
-    python -m scripts.plateau --quick  # a few hundred steps on a few tasks: a smoke run
+    python -m studies.plateau          # about 40 minutes on two CPU cores
+    python -m studies.plateau --quick  # a few hundred steps on a few tasks: a smoke run
 """
 import argparse
 import os
@@ -22,7 +22,7 @@ from jax.tree_util import tree_map
 
 import experiment
 import maml
-import report
+from machinery import report
 
 SLOW = 5_000  # a run is slow if its training loss leaves the plateau after this step, or never
 GRID = {("stax", 0.01): "paper", ("code", 0.001): "code",  # covered by the twenty-run results
@@ -109,7 +109,7 @@ def measure(args):
                  for name in ("code", "paper")}
     setups = {name: dict(experiment.SETUPS[name], steps=args.steps or
                          experiment.SETUPS[name]["steps"]) for name in committed}
-    return dict(command="python -m scripts.plateau" + (" --quick" if args.quick else ""),
+    return dict(command="python -m studies.plateau" + (" --quick" if args.quick else ""),
                 slow_after=SLOW, window=report.PLATEAU_WINDOW, committed=committed,
                 catch_up={name: catch_up(name, runs, setups[name], args)
                           for name, runs in committed.items()},

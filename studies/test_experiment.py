@@ -19,10 +19,10 @@ from jax.tree_util import tree_leaves, tree_map
 
 import experiment
 import maml
-import preflight
-import report
+from machinery import preflight, report
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from studies.conftest import ROOT, cpu_env, ks_truncated_normal
+HERE = str(ROOT)
 
 
 # ---- the training loop -------------------------------------------------------------------------
@@ -108,14 +108,6 @@ def test_the_released_codes_initialisation_has_the_layout_of_net_init_and_its_sc
     uniform = np.random.default_rng(0).uniform(-1, 1, len(weights)) * np.sqrt(3) * 0.8796
     assert ks_truncated_normal(uniform) > 1.95 / np.sqrt(len(weights))
 
-
-def ks_truncated_normal(values):
-    """Kolmogorov-Smirnov statistic of values against a standard normal truncated at +-2."""
-    def phi(x):
-        return 0.5 * (1 + math.erf(x / math.sqrt(2)))
-    v, n = np.sort(values), len(values)
-    cdf = np.array([(phi(min(max(x, -2), 2)) - phi(-2)) / (phi(2) - phi(-2)) for x in v])
-    return max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n))
 
 
 # ---- the experiment's pieces -------------------------------------------------------------------

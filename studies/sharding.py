@@ -2,7 +2,7 @@
 
 Run it from the repository root; on a CPU, make the host look like 4 devices first:
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m scripts.sharding
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m studies.sharding
 
 It calls the unchanged `maml.step` twice on the same meta-batch: once on one device, once with the
 tasks split over all devices and the optimizer state copied to each. It stops with an error unless

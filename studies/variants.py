@@ -5,8 +5,8 @@ with the signature of maml.step, so experiment.py's own loop trains it: the pape
 same initial parameters and task stream for every variant, several runs at once, and the same 600
 held-out tasks. Writes the table the Variations page shows.
 
-    python -m scripts.variants               # 5 runs of each, 70,000 steps: figures/variants.md
-    python -m scripts.variants --seeds 2 --steps 300 --eval-tasks 50 --out /tmp/variants.md  # quick
+    python -m studies.variants               # 5 runs of each, 70,000 steps: figures/variants.md
+    python -m studies.variants --seeds 2 --steps 300 --eval-tasks 50 --out /tmp/variants.md  # quick
 """
 import argparse
 import datetime
@@ -23,7 +23,7 @@ from jax.tree_util import tree_map
 
 import experiment
 import maml
-import report
+from machinery import report
 
 
 # -8<- [start:first_order]
@@ -217,7 +217,7 @@ def main():
         variants[name] = variant_numbers(*run_variant(name, setup, args.seeds, args.seed, test))
         print(f"{name}: trained and evaluated, {time.perf_counter() - t0:.0f} s so far", flush=True)
     data = report.plain(dict(
-        command=" ".join(["python -m scripts.variants", *sys.argv[1:]]), seeds=args.seeds,
+        command=" ".join(["python -m studies.variants", *sys.argv[1:]]), seeds=args.seeds,
         steps=args.steps, eval_tasks=args.eval_tasks, environment=report.environment(),
         when=f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         variants=variants))

@@ -13,9 +13,9 @@ import pytest
 from jax import random
 
 import experiment
-import report
+from machinery import report
 
-ROOT = Path(__file__).resolve().parent
+from studies.conftest import ROOT
 RUNS = ["figures", "figures/code", "figures/paper"]  # every committed run of experiment.py
 
 
@@ -166,8 +166,8 @@ def test_code_maml_reproduces_over_twenty_runs_and_any_five():
 
 
 def test_two_code_runs_in_twenty_are_slow_and_one_is_the_only_run_above_twice_the_paper():
-    """Slow: leaving the plateau after step 5,000 (scripts/plateau.py's SLOW)."""
-    from scripts import plateau
+    """Slow: leaving the plateau after step 5,000 (studies/plateau.py's SLOW)."""
+    from studies import plateau
 
     means, _, _ = k5("code", "MAML")
     leaves = load("figures/code")["training"]["MAML"]["leaves_plateau"]
@@ -214,14 +214,14 @@ def test_the_baseline_lands_near_the_paper_under_code_and_below_it_under_the_tex
         assert maml_runs[:, 1].max() < base_runs[:, 10].min(), setup
 
 
-# ---- the slow runs (scripts/plateau.py) ------------------------------------------------------------
+# ---- the slow runs (studies/plateau.py) ------------------------------------------------------------
 
 def plateau():
     return report.read_json(ROOT / "figures" / "plateau.json")
 
 
 def test_the_plateau_table_is_the_rendering_of_its_data_and_reads_the_twenty_runs():
-    from scripts import plateau as program
+    from studies import plateau as program
 
     data = plateau()
     assert (ROOT / "figures" / "plateau.md").read_text() == program.render(data)
@@ -233,7 +233,7 @@ def test_the_plateau_table_is_the_rendering_of_its_data_and_reads_the_twenty_run
 def test_the_plateau_needs_both_the_codes_weights_and_its_small_step():
     """Slow runs only in the cell of code_init and alpha = 0.001; runaway medians with 0.01; the
     cell of stax's weights and 0.001 best, every run below the paper's 0.35 after ten steps."""
-    from scripts import plateau as program
+    from studies import plateau as program
 
     grid = {(c["init"], c["alpha"]): c for c in plateau()["grid"]}
     slow = {key: sum(program.is_slow(s) for s in c["leaves_plateau"]) for key, c in grid.items()}
@@ -262,13 +262,13 @@ def test_the_slow_runs_trained_twice_as_long_do_not_catch_up():
     assert "seed 13: 0.962 after 140,000 steps" in text("README")
 
 
-# ---- why tasks run away (scripts/curvature.py) -----------------------------------------------------
+# ---- why tasks run away (studies/curvature.py) -----------------------------------------------------
 
 def test_the_curvature_claims_hold_on_every_run_measured():
     """The median K = 5 task steeper than 2 / alpha under both settings; every task that ends worse
     steep under the paper's text, most under the code's; the worst after ten steps overflowed under
     the text and stayed at 35.1 under the code's. curvature.json covers the twenty runs of each."""
-    from scripts import curvature
+    from studies import curvature
 
     data = report.read_json(ROOT / "figures" / "curvature.json")
     assert (ROOT / "figures" / "curvature.txt").read_text() == curvature.render(data)

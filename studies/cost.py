@@ -5,12 +5,12 @@ then Adam) is compiled alone and measured two ways: XLA's own count of the memor
 (arguments, outputs, temporaries: memory_analysis), and the time per step as experiment.py trains
 (train_chunk: a chunk of steps in one lax.scan, so the runtime's cost per call is spread over
 the chunk), the median over interleaved rounds. The inner steps run as a lax.scan
-(scripts/variants.py) in three modes: second order, second order with every step checkpointed,
+(studies/variants.py) in three modes: second order, second order with every step checkpointed,
 and first order. Writes, in --out: cost.json (every number, the command, versions, device),
 cost.md (its tables, as the Performance page shows them) and cost.png.
 
-    python -m scripts.cost                             # the full sweep, some minutes on 2 cores
-    python -m scripts.cost --quick --out /tmp/cost     # small sizes, seconds: a test
+    python -m studies.cost                             # the full sweep, some minutes on 2 cores
+    python -m studies.cost --quick --out /tmp/cost     # small sizes, seconds: a test
 """
 import argparse
 import datetime
@@ -31,9 +31,8 @@ from jax.tree_util import tree_map
 
 import experiment
 import maml
-import preflight
-import report
-from scripts import variants
+from machinery import preflight, report
+from studies import variants
 
 MODES = ("second order", "checkpointed", "first order")
 PAPER = dict(tasks=25, K=10, alpha=0.01, amp_range=(0.1, 5.0))  # the paper's meta-batch
@@ -315,7 +314,7 @@ def figure(data, path):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m scripts.cost",
+    ap = argparse.ArgumentParser(prog="python -m studies.cost",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes and 2 rounds: a test")
     ap.add_argument("--rounds", type=int, help="interleaved timing rounds (7; quick: 2)")
@@ -331,7 +330,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     points = measure(settings(sizes), sizes, log=partial(print, flush=True))
     argv_ = sys.argv[1:] if argv is None else argv
-    data = dict(command=shlex.join(["python", "-m", "scripts.cost", *argv_]),
+    data = dict(command=shlex.join(["python", "-m", "studies.cost", *argv_]),
                 environment=environment(), load_average=[load_before[0], os.getloadavg()[0]],
                 seconds=time.perf_counter() - t0, rounds=sizes["rounds"], setting=PAPER,
                 sizes=sizes, points=points, fits=[fit(s, points) for s in fit_specs(sizes)])

@@ -1,0 +1,50 @@
+"""What the tests of the studies and of the experiment share: the repository's root, the float64
+switch, a CPU environment for a program run in a subprocess, a Kolmogorov-Smirnov statistic, and
+the `slow` marker. (test_maml.py, beside maml.py at the top, stands alone: a copy-paste user takes
+the two files together.)
+
+`python -m pytest -m "not slow"` runs the claims about the code; the slow tests train or build
+whole programs, the site or several runs."""
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+try:  # jax.enable_x64 is recent; older jax has only jax.experimental.enable_x64
+    from jax import enable_x64
+except ImportError:
+    from jax.experimental import enable_x64
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository: every program runs from here
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains, builds or runs whole programs (minutes); "
+                            "-m 'not slow' leaves them out")
+
+
+@pytest.fixture
+def x64():
+    """Run a test in float64, so that analytic and finite-difference values compare tightly."""
+    with enable_x64(True):
+        yield
+
+
+def cpu_env(**extra):
+    """This environment for a subprocess on the CPU, with no inherited XLA_FLAGS (they could set a
+    device count) and unbuffered output (a test that kills a program reads what it printed)."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def ks_truncated_normal(values, bound=2.0):
+    """Kolmogorov-Smirnov statistic of values against a standard normal truncated at +-bound."""
+    def phi(x):
+        return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+    v, n = np.sort(values), len(values)
+    lo, hi = phi(-bound), phi(bound)
+    cdf = np.array([(phi(min(max(x, -bound), bound)) - lo) / (hi - lo) for x in v])
+    return max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n))
