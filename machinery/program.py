@@ -1,10 +1,12 @@
-"""What a script's result records of how it was made, and how it is written.
+"""What every program of the project shares, each job done here once: its command line (with
+one-line errors), its --out folder, how a result is written (the JSON, then the text rendered from
+what was written), the command a result records, the environment it records, and markdown tables.
 
-A result is data first: each script writes its numbers as JSON, then the table a page shows,
-rendered from that JSON alone. The JSON says how to remake it (the command, path-free: a
-committed result must not name the machine it ran on), on what (the processor and the package
-versions) and when (with the load average, since the machine may be shared).
+A result is data first: the JSON says how to remake it (the command, path-free: a committed result
+must not name the machine it ran on), on what (the processor, the package versions) and when (with
+the load average, since the machine may be shared). Standard library only.
 """
+import argparse
 import datetime
 import importlib.metadata
 import json
@@ -12,20 +14,77 @@ import os
 import platform
 import re
 import shlex
+import sys
 
-from machinery import report
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # every script runs here
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # every program runs here
 
 
-def command(module, argv, hide=None, env=None):
-    """The command line `python -m MODULE ARGV` that remade a result, without this machine's paths.
+# -8<- [start:checked]
+def checked(convert, ok, allowed):
+    """An argparse type: convert the text, then accept it only if ok(value)."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}")
+        return value
+    return parse
+
+
+def one_line_error(ap):
+    """argparse's error, as one line without the usage (exit 2)."""
+    def error(message):
+        ap.exit(2, f"{ap.prog}: error: {message}\n")
+    return error
+# -8<- [end:checked]
+
+
+def parser(prog, description, out=None, what="its results"):
+    """A program's ArgumentParser: one-line errors, no abbreviated flags, and, with `out` (the
+    default folder), --out DIR. Parsing writes nothing; `parse` checks --out can be written."""
+    ap = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    ap.error = one_line_error(ap)
+    if out is not None:
+        ap.add_argument("--out", default=out, metavar="DIR",
+                        help=f"folder for {what}, created when missing ({out})")
+    return ap
+
+
+def parse(ap, argv=None):
+    """The flags, with args.argv (the words given, for the recorded command). Stops in one line
+    (exit 2) if --out could not be written, without creating anything."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = ap.parse_args(argv)
+    args.argv = argv
+    if getattr(args, "out", None) is not None:
+        check_out(ap.error, args.out)
+    return args
+
+
+def check_out(error, folder):
+    """Stop (error: one line) unless `folder` is a folder, or can be made one, that this process
+    can write into. Nothing is created: a refusal, or a run stopped later, leaves no empty folder."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        error(f"argument --out: {folder!r} is not a folder ({path} is a file)")
+    if not os.access(path, os.W_OK | os.X_OK):
+        error(f"argument --out: cannot write to {folder!r} (no permission to write in {path})")
+
+
+def command(program, argv, hide=None, env=None):
+    """The command line that remade a result, without this machine's paths: `python PROGRAM ARGV`
+    for a file (experiment.py), `python -m PROGRAM ARGV` for a module (studies.bench).
 
     `hide` maps a flag to the words that stand for its value (an interpreter of this machine, say);
     `env` maps an environment variable that the run read to such words, written in front. Any
     other absolute path becomes relative to the repository, or "<a path>" outside it."""
     hide = hide or {}
-    words = [f"{name}={text}" for name, text in (env or {}).items()] + ["python", "-m", module]
+    run = ["python", program] if program.endswith(".py") else ["python", "-m", program]
+    words = [f"{name}={text}" for name, text in (env or {}).items()] + run
     for before, word in zip([None, *argv], argv):
         flag, eq, _ = word.partition("=")
         if before in hide:
@@ -58,23 +117,35 @@ def cpu():
         return platform.processor() or platform.machine()
 
 
-BASE = ("cpu", "cores", "system", "python", "jax", "jaxlib", "numpy")
+BASE = ("cpu", "cores", "system", "python", "jax", "jaxlib", "numpy", "device")
 
 
-def machine(**extra):
-    """The processor, its cores, the system and the versions that a measurement ran with. It reads
-    the versions from the installed packages and starts no JAX backend: on a GPU, a driver that
-    held the device would take memory from the processes it measures."""
+def environment(device=None, **extra):
+    """The one environment record: the processor, its cores, the system, the package versions,
+    the device (given by a program that has started JAX; "(not started)" otherwise: on a GPU, a
+    driver that held the device would take memory from the processes a benchmark measures), and
+    whatever else a program measured with (torch, say)."""
     versions = {p: importlib.metadata.version(p) for p in ("jax", "jaxlib", "numpy")}
     return dict(cpu=cpu(), cores=os.cpu_count(), system=platform.system(),
-                python=platform.python_version(), **versions, **extra)
+                python=platform.python_version(), **versions,
+                device=device or "(not started)", **extra)
 
 
-def machine_text(m):
-    """The machine, in one phrase."""
+def jax_device():
+    """The default JAX device, as the environment record names it: 'cpu (cpu)', say."""
+    import jax
+
+    d = jax.devices()[0]
+    return f"{d.platform} ({d.device_kind})" + (f" x{jax.device_count()}"
+                                                 if jax.device_count() > 1 else "")
+
+
+def environment_text(m):
+    """The environment record in one phrase."""
     extra = "".join(f", {name} {m[name] or '(not run)'}" for name in m if name not in BASE)
     return (f"{m['cpu']}, {m['cores']} cores, {m['system']}, Python {m['python']}, "
-            f"jax {m['jax']}, jaxlib {m['jaxlib']}, numpy {m['numpy']}{extra}")
+            f"jax {m['jax']}, jaxlib {m['jaxlib']}, numpy {m['numpy']}, device "
+            f"{m.get('device', '(not recorded)')}{extra}")
 
 
 def now():
@@ -86,9 +157,12 @@ def load():
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def text_path(json_path, suffix):
-    """Where the table rendered from a JSON result goes: beside it, with its own suffix."""
-    return os.path.splitext(json_path)[0] + suffix
+def table(header, rows, align=None):
+    """A markdown table: a header, its separator (`align`: a string of 'l' and 'r', one a
+    column; left by default) and one line per row; cells are turned into text with str."""
+    align = align or "l" * len(header)
+    rule = ["---:" if a == "r" else "---" for a in align]
+    return "".join("| " + " | ".join(map(str, row)) + " |\n" for row in [header, rule, *rows])
 
 
 def dumps(x, indent=""):
@@ -104,11 +178,38 @@ def dumps(x, indent=""):
     return json.dumps(x, allow_nan=False)
 
 
-def write(json_path, data, render, suffix):
-    """The JSON, then the table rendered from what was written (read back: the table can show
-    nothing that the JSON does not hold), each whole or not at all. Returns the table."""
-    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-    report.write_whole(json_path, lambda f: f.write((dumps(data) + "\n").encode()))
-    text = render(report.read_json(json_path))
-    report.write_whole(text_path(json_path, suffix), lambda f: f.write(text.encode()))
+# -8<- [start:write_whole]
+def write_whole(path, write):
+    """Write a file whole or not at all: into a temporary file beside it, then an atomic rename.
+    The folder is made here, when the first file is written, and not before."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.part"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+# -8<- [end:write_whole]
+
+
+def write_text(path, text):
+    write_whole(path, lambda f: f.write(text.encode()))
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def write(out, name, data, render, suffix=".md"):
+    """A result in folder `out`: NAME.json, then NAME + suffix rendered from what was written
+    (read back: the text can show nothing the JSON does not hold), each whole or not at all.
+    Returns the text."""
+    path = os.path.join(out, name + ".json")
+    write_text(path, dumps(data) + "\n")
+    text = render(read_json(path))
+    write_text(os.path.join(out, name + suffix), text)
     return text

@@ -7,7 +7,6 @@ read the JSON and the table is only one view of it.
 import json
 import math
 import os
-import platform
 from functools import partial
 
 import jax
@@ -15,6 +14,8 @@ import numpy as np
 from jax import jit, lax
 from jax.tree_util import tree_leaves, tree_map
 
+from machinery import program
+from machinery.program import write_whole
 from maml import inner_update, net_apply
 
 RUNAWAY = 10  # a task "runs away" once its MSE exceeds 10 times its MSE before adapting
@@ -126,8 +127,8 @@ def results_data(*, curves, step_sizes, losses, **facts):
         cells.append(dict(model=name, k=k, step_sizes=step_sizes[name, k], runs=runs,
                           over_runs=over_runs(runs)))
     training = {name: training_numbers(np.asarray(l)) for name, l in losses.items()}
-    return plain(dict(facts, environment=environment(), runaway_factor=RUNAWAY, cells=cells,
-                      training=training))
+    return plain(dict(facts, environment=program.environment(program.jax_device()),
+                      runaway_factor=RUNAWAY, cells=cells, training=training))
 
 
 def cell(results, model, k):
@@ -148,16 +149,6 @@ def plain(x):
     if isinstance(x, (float, np.floating)):
         return float(x) if math.isfinite(x) else None
     return x
-
-
-def environment():
-    """The package versions and the device a run ran on."""
-    import jaxlib
-
-    device = jax.devices()[0]
-    return dict(python=platform.python_version(), jax=jax.__version__, jaxlib=jaxlib.__version__,
-                numpy=np.__version__, device=f"{device.platform} ({device.device_kind})",
-                devices=jax.device_count(), processor=platform.processor() or platform.machine())
 
 
 def number(x):
@@ -290,30 +281,6 @@ def render(results):
     return "".join(line.rstrip() + "\n" for line in lines)
 
 
-# -8<- [start:write_whole]
-def write_whole(path, write):
-    """Write a file whole or not at all: into a temporary file beside it, then an atomic rename."""
-    tmp = f"{path}.{os.getpid()}.part"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-# -8<- [end:write_whole]
-
-
-def write_json(path, data):
-    write_whole(path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
-
-
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
 def write_run(out, params, tasks, results, losses):
     """A run's files, each whole or not at all: the figures, params.npz (every leaf of the trained
     parameters with its run axis first, and the 100-step means of the training losses),
@@ -327,9 +294,9 @@ def write_run(out, params, tasks, results, losses):
     arrays.update(seed=results["seeds"][0], eval_tasks=results["eval_tasks"],
                   alpha=results["setup"]["alpha"], amp_range=results["setup"]["amp_range"])
     write_whole(os.path.join(out, "params.npz"), lambda f: np.savez(f, **arrays))
-    write_json(os.path.join(out, "results.json"), results)
+    program.write_text(os.path.join(out, "results.json"), json.dumps(results, indent=1) + "\n")
     table = f"Command: {results['command']}\n{render(results)}"
-    write_whole(os.path.join(out, "results.txt"), lambda f: f.write(table.encode()))
+    program.write_text(os.path.join(out, "results.txt"), table)
     return table
 
 
