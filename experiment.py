@@ -160,15 +160,28 @@ def eval_tasks(key, n_tasks, k, amp_range, n_test=100):
     return x1, sinusoid(x1), x_test, sinusoid(x_test)
 
 
+def inner_steps(params, x1, y1, alpha, n_steps, update=inner_update, checkpoint=False,
+                track=None):
+    """n_steps of `update` on one task's support set as one lax.scan (traced once, so the program
+    stays the same size for any n_steps): the adapted params, and track(params) before each step.
+    With checkpoint, reverse mode keeps only each step's input and recomputes the step on the way
+    back (less memory, one more forward pass). Every "n inner steps" of the project is this one."""
+    def body(p, _):
+        return update(p, x1, y1, alpha), None if track is None else track(p)
+    if checkpoint:  # scan already keeps XLA from merging the recomputation away: prevent_cse off
+        body = jax.checkpoint(body, prevent_cse=False)
+    return lax.scan(body, params, length=n_steps)
+
+
 @partial(jit, static_argnames=("n_steps", "update"))
 def adaptation_curves(params, x1, y1, x_test, y_test, alpha, n_steps, update=inner_update):
     """Test MSE of every task after 0, 1, ..., n_steps steps of `update` on its own support set,
     shape (n_tasks, n_steps + 1). A variant with its own inner update (Meta-SGD) passes it."""
     def one_task(x1, y1, y_test):
-        def body(p, _):
-            return update(p, x1, y1, alpha), loss(p, x_test, y_test)
-        adapted, mses = lax.scan(body, params, length=n_steps)
-        return jnp.append(mses, loss(adapted, x_test, y_test))
+        def test_mse(p):
+            return loss(p, x_test, y_test)
+        adapted, mses = inner_steps(params, x1, y1, alpha, n_steps, update, track=test_mse)
+        return jnp.append(mses, test_mse(adapted))
     return vmap(one_task)(x1, y1, y_test)
 # -8<- [end:eval_tasks]
 
@@ -287,7 +300,8 @@ def main(argv=None):
         seeds=list(range(args.seed, args.seed + args.seeds)),
         paper=PAPER_MSE_K5 if paper else None,
         curves=curves, step_sizes=step_sizes, losses=losses, ms_per_step=ms)
-    table = report.write_run(args.out, params, test, results, losses)
+    table = report.write_run(args.out, params, test, results, losses, jit(
+        inner_steps, static_argnames="n_steps"))
     print("\n" + table.split("\n", 1)[1], end="")
     print(f"figures, params.npz, results.json and results.txt written to {args.out}/")
 

@@ -7,16 +7,13 @@ read the JSON and the table is only one view of it.
 import json
 import math
 import os
-from functools import partial
 
-import jax
 import numpy as np
-from jax import jit, lax
 from jax.tree_util import tree_leaves, tree_map
 
 from machinery import program
 from machinery.program import write_whole
-from maml import inner_update, net_apply
+from maml import net_apply
 
 RUNAWAY = 10  # a task "runs away" once its MSE exceeds 10 times its MSE before adapting
 PLATEAU_WINDOW = 100  # training losses are kept, and judged, as means of 100 steps
@@ -281,13 +278,13 @@ def render(results):
     return "".join(line.rstrip() + "\n" for line in lines)
 
 
-def write_run(out, params, tasks, results, losses):
+def write_run(out, params, tasks, results, losses, adapt):
     """A run's files, each whole or not at all: the figures, params.npz (every leaf of the trained
     parameters with its run axis first, and the 100-step means of the training losses),
     results.json, and results.txt rendered from it. Returns the text of results.txt."""
     means = {name: window_means(np.asarray(l)) for name, l in losses.items()}
     write_figures(out, {name: tree_map(lambda a: a[0], p) for name, p in params.items()}, tasks,
-                  results, means)
+                  results, means, adapt)
     arrays = {f"{name}/{i}": np.asarray(leaf)
               for name, p in params.items() for i, leaf in enumerate(tree_leaves(p))}
     arrays.update({f"loss/{name}": m for name, m in means.items()})  # (windows, runs)
@@ -304,15 +301,10 @@ def save(fig, path):
     write_whole(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
-@partial(jit, static_argnames=("n_steps",))
-def adapt(params, x1, y1, alpha, n_steps):
-    """n_steps of inner_update on one task's support set."""
-    return lax.fori_loop(0, n_steps, lambda _, p: inner_update(p, x1, y1, alpha), params)
-
-
-def adaptation_figure(first, tasks, results):
+def adaptation_figure(first, tasks, results, adapt):
     """The paper's figure 2: one held-out task, MAML before and after 1 and 10 steps, and the
-    baseline after 10, for each K; run 0's parameters (`first`) and step sizes."""
+    baseline after 10, for each K; run 0's parameters (`first`) and step sizes. adapt(params, x1,
+    y1, alpha, n_steps) is experiment.inner_steps: the figure adapts as the evaluation does."""
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
     x1, y1, x_test, y_test = tasks
@@ -324,7 +316,7 @@ def adaptation_figure(first, tasks, results):
         ax.plot(*support, "k^", ms=8, label="support points")
         for name, n, style in (("MAML", 0, "C0:"), ("MAML", 1, "C0--"), ("MAML", 10, "C0-"),
                                ("pretrained", 10, "C3-")):
-            adapted = adapt(first[name], *support, float(sizes[name, k]), n)
+            adapted = adapt(first[name], *support, float(sizes[name, k]), n_steps=n)[0]
             ax.plot(x_test, net_apply(adapted, x_test), style,
                     label=f"{name}, {n} step{'s' * (n != 1)}")
         ax.set(title=f"a held-out task, K = {k}" + (", run 0" if len(results["seeds"]) > 1 else ""),
@@ -382,7 +374,7 @@ def training_figure(results, curves):
     return fig
 
 
-def write_figures(out, first, tasks, results, curves):
-    save(adaptation_figure(first, tasks, results), os.path.join(out, "adaptation.png"))
+def write_figures(out, first, tasks, results, curves, adapt):
+    save(adaptation_figure(first, tasks, results, adapt), os.path.join(out, "adaptation.png"))
     save(mse_figure(results), os.path.join(out, "mse_vs_steps.png"))
     save(training_figure(results, curves), os.path.join(out, "meta_training_loss.png"))
