@@ -122,25 +122,28 @@ def compile_training(step_fn, params, setup, runs):
 
 
 # -8<- [start:train]
-def train(compiled, params, keys, setup, name, log=print):
+def train(compiled, params, keys, setup, name, log=print, resume=None):
     """Train params (a leading run axis on every leaf) for setup["steps"] steps, run r on the task
     stream of keys[r], showing progress: the trained params, every step's loss (steps, runs), and
-    the steady seconds per step of all runs. Stops (exit 1) when a loss is not a finite number."""
+    the steady seconds per step of all runs. Stops (exit 1) when a loss is not a finite number.
+    resume=(opt_state, offset) goes on from an optimizer state, its steps numbered from offset,
+    and gives back the optimizer state in place of the params, to go on again (studies.plateau)."""
     n_steps, spans = setup["steps"], chunks(setup["steps"])
     all_keys = step_keys(keys, n_steps)  # run r, step i: sample_tasks(all_keys[i, r], ...)
     every = -(-len(spans) // 20)  # a progress line every `every` chunks: about 20 in all
-    opt_state, losses = vmap(opt_init)(params), []
+    opt_state, offset = (vmap(opt_init)(params), 0) if resume is None else resume
+    losses = []
     t0 = t_steady = time.perf_counter()
     for c, (a, b) in enumerate(spans):
         if c == 1:  # the first chunk warms up the runtime; time the steady state after it
             t_steady = time.perf_counter()
         opt_state, chunk_losses = compiled[b - a](opt_state, all_keys[a:b], np.arange(
-            a, b, dtype=np.int32), setup["amp_range"], setup["alpha"])
+            offset + a, offset + b, dtype=np.int32), setup["amp_range"], setup["alpha"])
         losses.append(np.asarray(chunk_losses))  # waits for the chunk: the progress line is honest
         if not np.all(np.isfinite(losses[-1])):
             bad, run = np.argwhere(~np.isfinite(losses[-1]))[0]
             which = f"{name} (run {run})" if len(keys) > 1 else name
-            sys.exit(f"experiment.py: {which} diverged at step {a + bad} (loss is "
+            sys.exit(f"experiment.py: {which} diverged at step {offset + a + bad} (loss is "
                      f"{losses[-1][bad, run]}); nothing was written. Try a smaller --alpha.")
         elapsed = time.perf_counter() - t0
         if (c + 1) % every == 0 or b == n_steps:
@@ -148,7 +151,7 @@ def train(compiled, params, keys, setup, name, log=print):
                 f"{b / elapsed:8,.0f} steps/s  {elapsed * (n_steps - b) / b:5.1f} s left")
     first = spans[0][1]
     steady = math.nan if n_steps <= first else (time.perf_counter() - t_steady) / (n_steps - first)
-    return get_params(opt_state), np.concatenate(losses), steady
+    return (get_params(opt_state) if resume is None else opt_state), np.concatenate(losses), steady
 # -8<- [end:train]
 
 
