@@ -1,6 +1,6 @@
 """The documentation site tells the truth and builds.
 
-Run with `python -m pytest test_docs.py`. The checks:
+Run with `python -m pytest studies/test_docs.py`. The checks:
 - every plain ```python block on a page runs, in order, and its asserts hold, and the pages that
   have such blocks are exactly the expected ones (a block that stopped counting as Python fails);
 - every snippet include names a file and a section that exist, and every section of maml.py,
@@ -8,7 +8,10 @@ Run with `python -m pytest test_docs.py`. The checks:
 - the nav of mkdocs.yml and the pages in docs/ are the same set; docs/ holds no program;
 - the README pastes the comparison with the paper that studies/compare.py wrote, and what
   `python maml.py` printed; studies/compare.py, run again, writes the committed table;
-- `mkdocs build --strict` passes with no warning.
+- every line of code a page shows (an included .py section, or a block written on the page) fits
+  the code column, INCLUDED_WIDTH characters;
+- `mkdocs build --strict` passes with no warning, and no built page loads a script, stylesheet,
+  font or image from another host (MathJax comes from the site itself).
 The programs the pages show are tested in test_scripts.py, test_variants.py and test_cost.py.
 """
 import os
@@ -80,15 +83,24 @@ def test_the_pages_with_python_blocks_are_exactly_these():
                      "docs/walkthrough.md"}, names
 
 
+def hooks():
+    """The build hooks mkdocs.yml names (read as text: the file uses MkDocs' own YAML tags)."""
+    text = (ROOT / "mkdocs.yml").read_text()
+    block = re.search(r"^hooks:\n((?:[ \t]+-[^\n]*\n)+)", text, re.M)
+    return {ROOT / name for name in re.findall(r"-\s*(\S+)", block[1])} if block else set()
+
+
 def test_docs_holds_the_site_alone_and_no_page_touches_sys_path():
-    """No program under docs/ (they live in scripts/), and no page or program a reader sees
-    manipulates sys.path."""
-    assert not [p for p in DOCS.rglob("*.py") if "figures" not in p.parts], "a program under docs/"
-    seen = [*pages(), ROOT / "README.md", *ROOT.glob("*.py"), *(ROOT / "scripts").glob("*.py")]
+    """No program under docs/ but the build hooks mkdocs.yml names (the programs live in
+    studies/), and no page or program a reader sees manipulates sys.path."""
+    programs = {p for p in DOCS.rglob("*.py") if "figures" not in p.parts}
+    assert programs <= hooks(), f"a program under docs/: {sorted(map(str, programs - hooks()))}"
+    seen = [*pages(), ROOT / "README.md", *ROOT.glob("*.py"), *(ROOT / "studies").glob("*.py")]
     touches = re.compile(r"sys\.path\.(insert|append|extend)|sys\.path\s*(\[|\+=|=)|PYTHONPATH=")
     assert not [p.name for p in seen if touches.search(p.read_text()) and not p.name.startswith("test_")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES_WITH_PYTHON, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_python_blocks_of_the_page_run_and_their_asserts_hold(page):
     """The page's python blocks, concatenated in order, run in one fresh interpreter at the
@@ -125,7 +137,7 @@ def includes():
     return found
 
 
-SOURCES = ["maml.py", "experiment.py", "machinery/report.py", "machinery/preflight.py"]
+SOURCES = ["maml.py", "experiment.py", "machinery/report.py", "machinery/preflight.py", "machinery/program.py"]
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -156,6 +168,7 @@ def test_every_snippet_include_names_an_existing_file_and_section():
             assert section in sections(ROOT / file), f"{where}: no such section"
 
 
+@pytest.mark.slow
 def test_the_flag_table_of_the_running_page_matches_experiment_py_help():
     """docs/running.md's table of flags lists exactly the flags (and metavars) of `experiment.py --help`."""
     help_text = subprocess.run([sys.executable, "experiment.py", "--help"], cwd=ROOT, capture_output=True,
@@ -165,6 +178,41 @@ def test_the_flag_table_of_the_running_page_matches_experiment_py_help():
     in_table = set(re.findall(r"^\| `(--[\w-]+)(?: ([A-Z]+))?` \|", (DOCS / "running.md").read_text(), re.M))
     assert in_help, help_text
     assert in_table == in_help, f"only on the page: {in_table - in_help}; only in --help: {in_help - in_table}"
+
+
+# The widest line of a file a page includes: 88 characters, what fits a code block's column with
+# the copy button beside it at 1280 and at 1920 pixels (docs/stylesheets/extra.css sets the font
+# and padding that make it so). Program output (```text) wraps instead, and is not held to it.
+INCLUDED_WIDTH = 88
+
+
+def included_lines(file, section):
+    """The lines of `file` that `--8<-- "file:section"` pastes (all of them without a section)."""
+    lines = (ROOT / file).read_text().splitlines()
+    if section is None:
+        return lines
+    start = next(i for i, ln in enumerate(lines) if MARKER.search(ln) and f"[start:{section}]" in ln)
+    end = next(i for i, ln in enumerate(lines) if MARKER.search(ln) and f"[end:{section}]" in ln)
+    return lines[start + 1:end]
+
+
+def test_every_included_python_line_fits_the_code_column():
+    """No line of a .py section that a page includes is wider than INCLUDED_WIDTH, so no code
+    block of the site scrolls sideways at 1280 pixels."""
+    too_wide = sorted({f"{file}:{section}: {len(line)} characters: {line.strip()[:40]}"
+                       for _, file, section in includes() if file.endswith(".py")
+                       for line in included_lines(file, section) if len(line) > INCLUDED_WIDTH})
+    assert not too_wide, "\n".join(too_wide)
+
+
+def test_every_code_block_written_on_a_page_fits_the_code_column():
+    """The same width for the code written on the pages themselves (python, bash: not program
+    output, which wraps)."""
+    too_wide = [f"{page.relative_to(ROOT)}: {len(line)} characters: {line.strip()[:40]}"
+                for page in pages() for info, body in fenced_blocks(page.read_text())
+                if info.split()[:1] != ["text"] and not INCLUDE.search(body)
+                for line in body.splitlines() if len(line) > INCLUDED_WIDTH]
+    assert not too_wide, "\n".join(too_wide)
 
 
 def nav_pages():
@@ -206,16 +254,55 @@ def test_readme_and_walkthrough_show_what_python_maml_py_printed():
     assert ("figures", "maml.txt", None) in {(Path(f).parts[0], Path(f).name, s) for _, f, s in includes()}
 
 
-def test_strict_build_passes_without_warnings(tmp_path):
-    """`mkdocs build --strict` exits 0 and logs no WARNING (not run with -q, which hides failures)."""
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The site built once by `mkdocs build --strict` (not -q, which hides failures): its folder
+    and its log, for the tests that read the build."""
+    folder = tmp_path_factory.mktemp("site")
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(folder)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log
+    return folder, result.returncode, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_strict_build_passes_without_warnings(site):
+    """`mkdocs build --strict` exits 0 and logs no WARNING; the figures and MathJax are in it."""
+    folder, returncode, log = site
+    assert returncode == 0, log
     assert "WARNING" not in log, log
-    assert (tmp_path / "index.html").is_file()
-    assert (tmp_path / "figures" / "adaptation.png").is_file(), "the figures were not copied into the site"
+    assert (folder / "index.html").is_file()
+    assert (folder / "figures" / "adaptation.png").is_file(), "the figures were not copied into the site"
+    assert (folder / "javascripts" / "mathjax" / "tex-mml-chtml.js").is_file(), "MathJax was not copied"
+
+
+# What a page loads: <script src>, <link href> (stylesheets, fonts, icons), <img src>, and in CSS
+# url(...) and @import. A link to read (<a href>) loads nothing and may point anywhere.
+LOADS = re.compile(r"""<(?:script|link|img|source|iframe)\b[^>]*?\b(?:src|href)\s*=\s*["']([^"']+)["']""", re.I)
+CSS_LOADS = re.compile(r"""url\(\s*["']?([^"')]+)|@import\s+["']([^"']+)""", re.I)
+
+
+def other_hosts(urls):
+    """The URLs that name a host (scheme://host or //host): all but the site's own paths and data:."""
+    return sorted({u for u in urls if re.match(r"^([a-z][a-z0-9+.-]*:)?//", u.strip(), re.I)})
+
+
+@pytest.mark.slow
+def test_no_page_loads_a_script_stylesheet_or_font_from_another_host(site):
+    """With no network the site still renders its maths and text: every script, stylesheet, font
+    and image that a built page or stylesheet loads is a file of the site itself."""
+    folder, returncode, log = site
+    assert returncode == 0, log
+    html = sorted(folder.rglob("*.html"))
+    css = sorted(folder.rglob("*.css"))
+    assert len(html) > 10 and css, "no built pages to read"
+    found = {p.relative_to(folder).as_posix(): other_hosts(LOADS.findall(p.read_text())) for p in html}
+    for p in css:
+        found[p.relative_to(folder).as_posix()] = other_hosts(u for m in CSS_LOADS.findall(p.read_text())
+                                                              for u in m if u)
+    assert not {page: urls for page, urls in found.items() if urls}
+    # and the maths library a page loads is there
+    assert '<script src="../javascripts/mathjax/tex-mml-chtml.js"></script>' in (folder / "walkthrough" / "index.html").read_text()
 
 
 def test_compare_remakes_the_committed_comparison_table():
