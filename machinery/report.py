@@ -352,12 +352,19 @@ def mse_figure(results):
                         label=f"{cell['model']} (paper)")
         ax.set(title=f"K = {k}", xlabel="gradient steps at meta-test time", ylabel="MSE",
                ylim=(0, top))
-        ax.legend()
+    # One legend beside the plots, never over a curve or the paper's marks; the K = 5 panel's
+    # entries come first, since only it has the paper's.
+    entries = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    fig.legend(list(entries.values()), list(entries), loc="outside right upper")
     return fig
 
 
 def training_figure(results, curves):
     """The meta-training loss of every run: curves[name], its 100-step means (windows, runs)."""
+    from matplotlib import ticker
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4), layout="constrained")
@@ -370,6 +377,15 @@ def training_figure(results, curves):
                     else None)
     ax.set(yscale="log", xlabel="training step", ylabel="training loss on the meta-batch",
            title=f"meta-training, {setup['tasks']} tasks of K = {setup['k']} per step")
+    # Plain numbers on the log axis ("3", "0.5"), not Matplotlib's "3×10⁰": every power of ten,
+    # and the minor ticks at 2, 3 and 5 times one.
+    def plain(value, pos=None):
+        return f"{value:g}"
+
+    def some(value, pos=None):
+        return plain(value) if round(value / 10 ** np.floor(np.log10(value)), 6) in (2, 3, 5) else ""
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(plain))
+    ax.yaxis.set_minor_formatter(ticker.FuncFormatter(some))
     ax.legend()
     return fig
 
