@@ -4,7 +4,6 @@ tasks beside the paper's table, and writes figures/. In order: the setups, the b
 training loop, the evaluation, and main; report.py (statistics, results.json, table, figures) and
 preflight.py (bad flags, an unwritable folder, a run too big for memory) hold the machinery."""
 import math
-import shlex
 import sys
 import time
 from functools import partial
@@ -15,7 +14,7 @@ import numpy as np
 from jax import jit, lax, random, vmap
 from jax.tree_util import tree_leaves, tree_map
 
-from machinery import preflight, report
+from machinery import preflight, program, report
 from maml import (get_params, inner_update, loss, net_init, opt_init, opt_update, sample_sinusoids,
                   sample_tasks, step)
 
@@ -266,11 +265,11 @@ def compile_evaluation(setup, args):
 def train_both(ap, args, setup, init, streams):
     """Compile both training loops and the evaluation, stop if they cannot fit in memory, then
     train MAML and the baseline, each on its own task stream (streams: their keys per run)."""
-    t0, sizes = time.perf_counter(), (args.seeds, setup["steps"], setup["tasks"], setup["k"])
-    preflight.check_tasks(ap.error, *sizes, max(b - a for a, b in chunks(setup["steps"])))
+    t0 = time.perf_counter()
+    preflight.check_tasks(ap.error, args, setup, max(b - a for a, b in chunks(setup["steps"])))
     compiled = {name: compile_training(fn, tree_map(lambda a: a[0], init), setup, args.seeds)
                 for name, fn in (("MAML", step), ("pretrained", pretrain_step))}
-    preflight.check_compiled(ap.error, *sizes, args.eval_tasks, [
+    preflight.check_compiled(ap.error, args, setup, [
         c for loops in compiled.values() for c in loops.values()], compile_evaluation(setup, args))
     print(f"compiled in {time.perf_counter() - t0:.1f} s; memory checked")
     params, losses, per_step = {}, {}, {}
@@ -289,8 +288,8 @@ def main(argv=None):
     args, setup, ap = parse_args(argv)
     runs = f"{args.seeds} runs (seeds {args.seed}-{args.seed + args.seeds - 1})" \
         if args.seeds > 1 else f"seed {args.seed}"
-    print(f"MAML, {args.setup} setup: {setup['steps']:,} steps of {setup['tasks']} tasks, "
-          f"K = {setup['k']}, alpha = {setup['alpha']:g}, amplitude U{list(setup['amp_range'])}; "
+    print(f"MAML, {args.setup} setup: {setup['steps']:,} steps of {setup['tasks']:,} tasks, "
+          f"K = {setup['k']:,}, alpha = {setup['alpha']:g}, amplitude U{list(setup['amp_range'])}; "
           f"{runs}; {jax.devices()[0].platform}")
     k_init, k_maml, k_base, k_val, k_test = run_keys(args.seed, args.seeds)
     params, losses, ms = train_both(ap, args, setup, vmap(INITS[setup["init"]])(k_init),
@@ -298,7 +297,7 @@ def main(argv=None):
     test, curves, step_sizes = evaluate(params, setup, args, (k_val[0], k_test[0]))
     paper = setup["amp_range"] == SETUPS["paper"]["amp_range"]  # the paper's tasks, its numbers
     results = report.results_data(
-        command=shlex.join(["python", "experiment.py", *(sys.argv[1:] if argv is None else argv)]),
+        command=program.command("experiment.py", sys.argv[1:] if argv is None else argv),
         setup_name=args.setup, setup=setup, eval_tasks=args.eval_tasks, eval_steps=EVAL_STEPS,
         seeds=list(range(args.seed, args.seed + args.seeds)),
         paper=PAPER_MSE_K5 if paper else None,
@@ -307,8 +306,21 @@ def main(argv=None):
         inner_steps, static_argnames="n_steps"))
     print("\n" + table.split("\n", 1)[1], end="")
     print(f"figures, params.npz, results.json and results.txt written to {args.out}/")
+    plateau_hint(results["training"]["MAML"], setup)
+
+
+def plateau_hint(training, setup):
+    """One line when a run of MAML never left the plateau its training loss starts on: its
+    numbers are those of a model that has not begun to meta-learn, not a bad result of MAML."""
+    stuck = [r for r, s in enumerate(training["leaves_plateau"]) if s is None]
+    if stuck:
+        which = "the run" if len(training["leaves_plateau"]) == 1 else f"runs {stuck}"
+        print(f"note: MAML's training loss in {which} is still above half its start after "
+              f"{setup['steps']:,} steps (still on its starting plateau): train longer with "
+              "--steps, or see why on the Results page, 'The slow runs'")
 
 
 if __name__ == "__main__":
-    main()
+    with program.closed_pipe_exits():
+        main()
 # -8<- [end:main]

@@ -3,45 +3,20 @@ cannot be written, a run too big for memory (by XLA's own count of the compiled 
 what the device has). Each stops the program within seconds with one line naming the flag (exit
 2), instead of failing after an hour of training, and before anything is written.
 """
-import argparse
 import math
 import os
-import tempfile
 
-
-# -8<- [start:checked]
-def checked(convert, ok, allowed):
-    """An argparse type: convert the text, then accept it only if ok(value)."""
-    def parse(text):
-        try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}")
-        return value
-    return parse
-
-
-def one_line_error(ap):
-    """argparse's error, as one line without the usage (exit 2)."""
-    def error(message):
-        ap.exit(2, f"{ap.prog}: error: {message}\n")
-    return error
-# -8<- [end:checked]
+from machinery import program
+from machinery.program import checked
 
 
 def check_args(ap, args):
     """What no single flag's type can check: the last seed, and that --out can be written (now,
-    not after training)."""
+    not after training, and without creating it: a refusal leaves no empty folder)."""
     if args.seed + args.seeds > 2**32:
         ap.error(f"argument --seeds: run r uses seed {args.seed} + r, which must stay below 2**32; "
-                 f"expected at most {2**32 - args.seed}, got {args.seeds}")
-    try:
-        os.makedirs(args.out, exist_ok=True)
-        tempfile.TemporaryFile(dir=args.out).close()
-    except OSError as e:
-        ap.error(f"argument --out: cannot write figures to {args.out!r} ({e.strerror})")
+                 f"expected at most {2**32 - args.seed:,}, got {args.seeds:,}")
+    program.check_out(ap.error, args.out)
 
 
 def defaults(setups, name):
@@ -54,9 +29,7 @@ def parse_args(argv, setups, default):
     flags override, `default` without --setup. A bad value stops the program here with one line
     naming the flag (exit 2)."""
     count = checked(int, lambda v: v >= 1, "a whole number >= 1")
-    ap = argparse.ArgumentParser(prog="experiment.py",
-                                 description="MAML on the sinusoid regression of Finn et al. 2017.")
-    ap.error = one_line_error(ap)
+    ap = program.parser("experiment.py", "MAML on the sinusoid regression of Finn et al. 2017.")
     ap.add_argument("--setup", choices=setups, default=default, help="the paper's text, the "
                     f"authors' released code, or the 2019 blog ({default})")
     for flag, metavar, what in (("steps", "N", "meta-training steps, and the baseline's"),
@@ -64,8 +37,9 @@ def parse_args(argv, setups, default):
                                 ("k", "K", "support and query points per task")):
         ap.add_argument(f"--{flag}", type=count, metavar=metavar,
                         help=f"{what} {defaults(setups, flag)}")
-    ap.add_argument("--alpha", type=checked(float, lambda v: 0 < v < math.inf, "a number > 0"),
-                    metavar="A", help="inner step size " + defaults(setups, "alpha"))
+    positive = checked(float, lambda v: 0 < v < math.inf, "a finite number > 0")
+    ap.add_argument("--alpha", type=positive, metavar="A",
+                    help="inner step size " + defaults(setups, "alpha"))
     ap.add_argument("--seed", default=0, metavar="S",
                     type=checked(int, lambda v: 0 <= v < 2**32, "a whole number in [0, 2**32)"),
                     help="seed of run 0; run r uses seed S + r (0)")
@@ -73,11 +47,13 @@ def parse_args(argv, setups, default):
                     help="independent runs, trained together as one computation (1)")
     ap.add_argument("--eval-tasks", type=checked(int, lambda v: v >= 2, "a whole number >= 2"),
                     default=600, metavar="N", help="held-out tasks to evaluate on (600)")
-    ap.add_argument("--out", default="figures", metavar="DIR", help="folder for the figures, "
-                    "results.json, results.txt and params.npz (figures)")
+    ap.add_argument("--out", metavar="DIR", help="folder for the figures, results.json, "
+                    "results.txt and params.npz, created when missing (runs/SETUP-seedS, which "
+                    "git ignores; the committed results are remade with --out figures/...)")
     args = ap.parse_args(argv)
+    args.out = args.out or os.path.join("runs", f"{args.setup}-seed{args.seed}")
     check_args(ap, args)
-    setup = dict(setups[args.setup])
+    setup, args.defaults = dict(setups[args.setup]), setups[args.setup]
     setup.update({name: getattr(args, name) for name in ("steps", "tasks", "k", "alpha")
                   if getattr(args, name) is not None})
     return args, setup, ap
@@ -114,39 +90,50 @@ def readable(n_bytes):
 
 def refuse_if_over(error, flags, what, need, counted, lower_bound=False):
     """Call error (argparse's: one line, exit 2) if `need` bytes exceed what is available now.
-    `what` says what needs them, `counted` how they were counted; a lower bound says "at least"."""
+    `what` says what needs them, `counted` how they were counted; a lower bound says "at least".
+    flags: {flag: (value, default)} of the flags the need grows with, about in proportion; the
+    line names the one set furthest above its default, and the largest value that would fit."""
     free = available()
     if need > free:
-        error(f"argument {flags}: {what} needs {'at least ' * lower_bound}{readable(need)} "
-              f"({counted}), more than the {readable(free)} available")
+        flag, (value, default) = max(flags.items(), key=lambda f: f[1][0] / f[1][1])
+        error(f"argument {flag}: {what} needs {'at least ' * lower_bound}{readable(need)} "
+              f"({counted}), more than the {readable(free)} available; expected {flag} at "
+              f"most about {max(1, int(value * free / need)):,}, got {value:,}")
 # -8<- [end:memory]
-
-
-TRAINING_FLAGS = "--tasks/--k/--steps/--seeds"
 
 
 def training(runs, steps, tasks, k):
     return f"training {runs:,} run(s) of {steps:,} steps of {tasks:,} tasks with K = {k:,}"
 
 
+def training_flags(args, setup):
+    """The flags a training run's memory grows with, each with its setup's default."""
+    return {"--tasks": (setup["tasks"], args.defaults["tasks"]),
+            "--k": (setup["k"], args.defaults["k"]), "--seeds": (args.seeds, 1)}
+
+
 # -8<- [start:check_compiled]
-def check_tasks(error, runs, steps, tasks, k, longest_chunk):
+def check_tasks(error, args, setup, longest_chunk):
     """Stop now (exit 2) if one training chunk's tasks alone, which its loop must hold, exceed the
     available memory. A lower bound, counted before compiling: XLA is not asked to compile shapes
     that cannot fit (jax 0.4.29's XLA crashes compiling loops over ~1e13 elements)."""
     # x1, y1, x2, y2 of every task of every run, K numbers each, 4 bytes a float32
-    need = longest_chunk * runs * tasks * 4 * k * 4
-    refuse_if_over(error, TRAINING_FLAGS, training(runs, steps, tasks, k), need,
-                   "a chunk's tasks alone", lower_bound=True)
+    need = longest_chunk * args.seeds * setup["tasks"] * 4 * setup["k"] * 4
+    refuse_if_over(error, training_flags(args, setup), training(
+        args.seeds, setup["steps"], setup["tasks"], setup["k"]), need,
+        "a chunk's tasks alone", lower_bound=True)
 
 
-def check_compiled(error, runs, steps, tasks, k, eval_tasks, train_loops, evaluation):
-    """Stop now (exit 2, one line naming the flags) if training or evaluation cannot fit: XLA's
+def check_compiled(error, args, setup, train_loops, evaluation):
+    """Stop now (exit 2, one line naming the flag) if training or evaluation cannot fit: XLA's
     count of every compiled training loop (the largest) and of the evaluation's programs (all at
     once), and the host's arrays of keys and losses. Nothing has run yet."""
+    runs, steps = args.seeds, setup["steps"]
     host = runs * steps * (8 + 2 * 4)  # each step's key, and two losses, per run
-    refuse_if_over(error, TRAINING_FLAGS, training(runs, steps, tasks, k),
-                   max(needs(c) for c in train_loops) + host, "XLA's count")
-    refuse_if_over(error, "--eval-tasks/--seeds", f"evaluating {runs:,} run(s) on {eval_tasks:,} "
-                   "held-out tasks", sum(needs(c) for c in evaluation), "XLA's count")
+    refuse_if_over(error, training_flags(args, setup), training(
+        runs, steps, setup["tasks"], setup["k"]), max(needs(c) for c in train_loops) + host,
+        "XLA's count")
+    refuse_if_over(error, {"--eval-tasks": (args.eval_tasks, 600), "--seeds": (runs, 1)},
+                   f"evaluating {runs:,} run(s) on {args.eval_tasks:,} held-out tasks",
+                   sum(needs(c) for c in evaluation), "XLA's count")
 # -8<- [end:check_compiled]

@@ -7,6 +7,7 @@ must not name the machine it ran on), on what (the processor, the package versio
 the load average, since the machine may be shared). Standard library only.
 """
 import argparse
+import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -63,6 +64,23 @@ def parse(ap, argv=None):
     return args
 
 
+CLOSED_PIPE = 141  # what a shell reports for a program stopped by SIGPIPE (128 + 13)
+
+
+@contextlib.contextmanager
+def closed_pipe_exits():
+    """A reader that goes away (`python experiment.py | head`) ends the program quietly with exit
+    141, the shell's code for a closed pipe, instead of a BrokenPipeError traceback and exit 1
+    (which the programs use for a diverged run)."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit, into the same closed pipe: point it at devnull.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(CLOSED_PIPE)
+
+
 def check_out(error, folder):
     """Stop (error: one line) unless `folder` is a folder, or can be made one, that this process
     can write into. Nothing is created: a refusal, or a run stopped later, leaves no empty folder."""
@@ -70,7 +88,7 @@ def check_out(error, folder):
     while not os.path.exists(path):
         path = os.path.dirname(path)
     if not os.path.isdir(path):
-        error(f"argument --out: {folder!r} is not a folder ({path} is a file)")
+        error(f"argument --out: cannot write to {folder!r} ({path} is a file, not a folder)")
     if not os.access(path, os.W_OK | os.X_OK):
         error(f"argument --out: cannot write to {folder!r} (no permission to write in {path})")
 

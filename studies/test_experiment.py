@@ -243,7 +243,9 @@ def test_run_keys_are_each_seeds_own_split_and_other_seeds_give_other_keys():
 def test_the_training_refusal_compares_xlas_count_with_the_memory_available(monkeypatch):
     """Between the two bounds: the memory available is more than a chunk's tasks (the lower bound
     counted before compiling, which then passes) but less than XLA's count of the compiled
-    training loop. check_compiled stops with one line naming the training flags and XLA's count."""
+    training loop. check_compiled stops with one line naming the flag set furthest above its
+    setup's default (here none is: --tasks, the first of the ties), XLA's count and the largest
+    value that would fit, in proportion."""
     setup = dict(experiment.SETUPS["paper"], steps=200)
     _, params = maml.net_init(random.PRNGKey(0), (-1, 1))
     loops = experiment.compile_training(maml.step, params, setup, 1)
@@ -256,12 +258,14 @@ def test_the_training_refusal_compares_xlas_count_with_the_memory_available(monk
     def error(message):
         messages.append(message)
         raise SystemExit(2)
-    preflight.check_tasks(error, 1, 200, 25, 10, max(b - a for a, b in experiment.chunks(200)))
+    args = SimpleNamespace(seeds=1, eval_tasks=600, defaults=experiment.SETUPS["paper"])
+    preflight.check_tasks(error, args, setup, max(b - a for a, b in experiment.chunks(200)))
     with pytest.raises(SystemExit):
-        preflight.check_compiled(error, 1, 200, 25, 10, 600, loops.values(), [])
-    assert messages == [f"argument --tasks/--k/--steps/--seeds: training 1 run(s) of 200 steps of 25 tasks "
-                        f"with K = 10 needs {preflight.readable(need)} (XLA's count), more than the "
-                        f"{preflight.readable(need - 1)} available"]
+        preflight.check_compiled(error, args, setup, loops.values(), [])
+    assert messages == [f"argument --tasks: training 1 run(s) of 200 steps of 25 tasks with K = 10 "
+                        f"needs {preflight.readable(need)} (XLA's count), more than the "
+                        f"{preflight.readable(need - 1)} available; expected --tasks at most about "
+                        f"{int(25 * (need - 1) / need)}, got 25"]
 
 
 # ---- the command line --------------------------------------------------------------------------
@@ -448,21 +452,69 @@ def test_cli_divergence_stops_and_writes_nothing(alpha, where, tmp_path, compile
 # ---- sizes beyond memory are refused before anything runs ------------------------------------------
 
 @pytest.mark.parametrize("argv,flags,what", [
-    (["--tasks", "100000000"], "--tasks/--k/--steps/--seeds", "training 1 run(s) of 70,000 steps of 100,000,000 tasks"),
-    (["--k", "10000000"], "--tasks/--k/--steps/--seeds", "with K = 10,000,000"),
-    (["--eval-tasks", "100000000"], "--eval-tasks/--seeds", "on 100,000,000 held-out tasks"),
-], ids=["tasks", "k", "eval-tasks"])
+    (["--tasks", "100000000"], "--tasks", "training 1 run(s) of 70,000 steps of 100,000,000 tasks"),
+    (["--k", "10000000"], "--k", "with K = 10,000,000"),
+    (["--seeds", "3", "--k", "10000000"], "--k", "3 run(s) of 70,000 steps of 25 tasks with K = 10,000,000"),
+    (["--eval-tasks", "100000000"], "--eval-tasks", "on 100,000,000 held-out tasks"),
+], ids=["tasks", "k", "k-not-seeds", "eval-tasks"])
 def test_cli_refuses_a_run_that_cannot_fit_in_memory_before_training(argv, flags, what, tmp_path, compile_cache):
     """Each of these needs terabytes, far beyond any machine: training, by the count of one chunk's
     tasks (3,500 steps x 1e8 tasks x 40 numbers x 4 bytes), made before compiling; evaluation, by
-    XLA's own count of the compiled programs. One line naming the flags, the need and what is
-    available; exit 2; nothing trained (no progress line) or written."""
+    XLA's own count of the compiled programs. One line naming the one flag that is too large (not
+    --seeds, which is 3 times its default where K is 1e6 times), the need, what is available and
+    the largest value that would fit; exit 2; nothing trained (no progress line) or written, and
+    no empty folder made where --out did not exist."""
     (tmp_path / "results.txt").write_text("earlier results")
     result = run_cli(compile_cache, *argv, "--out", str(tmp_path), timeout=120)
+    fresh = run_cli(compile_cache, *argv, "--out", str(tmp_path / "new" / "folder"), timeout=120)
+    assert fresh.returncode == 2 and not (tmp_path / "new").exists()
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"experiment.py: error: argument {flags}: "), lines
     assert what in lines[0] and re.search(r"needs (at least )?[\d.]+ TiB \((XLA's count|a chunk's tasks alone)\), "
-                                          r"more than the [\d.]+ [KMGT]?i?B available", lines[0]), lines[0]
+                                          r"more than the [\d.]+ [KMGT]?i?B available; expected "
+                                          + flags + r" at most about [\d,]+, got [\d,]+$", lines[0]), lines[0]
     assert "step " not in result.stdout  # no training step ran
     assert os.listdir(tmp_path) == ["results.txt"] and (tmp_path / "results.txt").read_text() == "earlier results"
+
+
+# ---- what a newcomer's first commands leave behind ------------------------------------------------
+
+@pytest.mark.slow
+def test_a_closed_pipe_ends_the_run_quietly_with_exit_141(compile_cache, tmp_path):
+    """`python experiment.py | head -1`: the reader goes after one line. The program ends with
+    exit 141 (the shell's code for a closed pipe, which the Running page lists and no other
+    outcome uses: 1 is a diverged run, 2 a refusal) and no traceback on stderr."""
+    env = cpu_env(JAX_COMPILATION_CACHE_DIR=compile_cache)
+    run = subprocess.Popen([sys.executable, "experiment.py", "--steps", "200", "--eval-tasks", "20",
+                            "--out", str(tmp_path / "run")], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = run.stdout.readline()
+    run.stdout.close()  # as head does, after its line
+    err = run.stderr.read()
+    assert run.wait(timeout=300) == 141 and first.startswith("MAML, code setup"), (first, err)
+    assert err == "", err
+
+
+@pytest.mark.slow
+def test_the_readme_commands_leave_git_status_clean(compile_cache, tmp_path):
+    """In a clone of the committed tree, plain `python experiment.py` (shortened by --steps and
+    --eval-tasks) writes to runs/code-seed0/, which .gitignore covers, says so, and says its MAML
+    run is still on its starting plateau (200 steps of the released code's setting are far too
+    few to leave it); `git status` is clean afterwards, as it is after the tests (pytest's cache
+    and __pycache__ are ignored too)."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    env = cpu_env(JAX_COMPILATION_CACHE_DIR=compile_cache)
+    run = subprocess.run([sys.executable, "experiment.py", "--steps", "200", "--eval-tasks", "20"],
+                         cwd=clone, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (clone / "runs" / "code-seed0" / "results.json").is_file()
+    lines = run.stdout.splitlines()
+    assert "written to runs/code-seed0/" in lines[-2]
+    assert lines[-1].startswith("note: MAML's training loss in the run is still above half its start")
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "test_maml.py", "-k", "closed_form"],
+                   cwd=clone, env=env, capture_output=True, timeout=300)
+    status = subprocess.run(["git", "status", "--porcelain", "--ignored=no"], cwd=clone,
+                            capture_output=True, text=True, check=True).stdout
+    assert status == "", status
