@@ -79,7 +79,7 @@ def test_the_pages_with_python_blocks_are_exactly_these():
     """The block runner below runs these pages' blocks, no fewer: if a block stopped counting as
     Python (a changed fence, say), its page would drop out of the list and this test would fail."""
     names = {p.relative_to(ROOT).as_posix() for p in PAGES_WITH_PYTHON}
-    assert names == {"README.md", "docs/from-2019.md", "docs/jax.md", "docs/running.md", "docs/variations.md",
+    assert names == {"README.md", "docs/from-2019.md", "docs/jax.md", "docs/results.md", "docs/running.md", "docs/variations.md",
                      "docs/walkthrough.md"}, names
 
 
