@@ -7,6 +7,7 @@ the two files together.)
 whole programs, the site or several runs."""
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,12 @@ def cpu_env(**extra):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **extra)
     return env
+
+
+def numbers_in(text):
+    """Every number a page states, as written ('0.57', '3,000', the 43 of '43%'): a test of a page
+    checks that the JSON's numbers are among them, whatever the sentences around them say."""
+    return set(re.findall(r"\d+(?:,\d{3})*(?:\.\d+)?(?:e[+-]?\d+)?", text))
 
 
 def ks_truncated_normal(values, bound=2.0):
