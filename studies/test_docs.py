@@ -215,6 +215,18 @@ def test_every_code_block_written_on_a_page_fits_the_code_column():
     assert not too_wide, "\n".join(too_wide)
 
 
+def test_the_running_page_lists_exactly_the_keys_of_results_json():
+    """The table of results.json's keys on docs/running.md names every top-level key of the
+    committed default run's results.json, and no other."""
+    import json
+
+    text = (DOCS / "running.md").read_text()
+    table = text[text.index('??? info "The keys of `results.json`"'):].split("\n\n")[1]
+    on_page = {key for row in re.findall(r"^ +\| (`.+?`) \|", table, re.M) for key in re.findall(r"`(\w+)`", row)}
+    keys = set(json.loads((ROOT / "figures" / "results.json").read_text()))
+    assert on_page == keys, f"only on the page: {on_page - keys}; only in the JSON: {keys - on_page}"
+
+
 def nav_pages():
     """The pages named in the nav of mkdocs.yml (read as text: the file uses MkDocs' own YAML tags)."""
     text = (ROOT / "mkdocs.yml").read_text()
