@@ -11,12 +11,10 @@ that ended worse and the counts as JSON, and the table the Results page shows be
 Run from the repository root:
 
     python -m studies.curvature                 # figures/curvature.json and figures/curvature.txt
-    python -m studies.curvature --tasks 40 --out /tmp/c.json   # the first 40 tasks, a quick look
+    python -m studies.curvature --tasks 40 --out /tmp/c   # the first 40 tasks, a quick look
     python -m studies.curvature --figures /tmp/runs   # the runs saved in /tmp/runs/{paper,code}
 """
-import argparse
 import os
-import sys
 from functools import partial
 
 import jax
@@ -74,7 +72,7 @@ def load(folder):
     saved = np.load(os.path.join(folder, "params.npz"))
     structure = tree_structure(maml.net_init(random.PRNGKey(0), (-1, 1))[1])
     leaves = [saved[f"MAML/{i}"] for i in range(structure.num_leaves)]
-    return tree_unflatten(structure, leaves), report.read_json(os.path.join(folder, "results.json"))
+    return tree_unflatten(structure, leaves), program.read_json(os.path.join(folder, "results.json"))
 
 
 def held_out(results, n_tasks=None):
@@ -164,25 +162,23 @@ def render(data):
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m studies.curvature", allow_abbrev=False,
-                                 description=__doc__.splitlines()[0])
+    ap = program.parser("python -m studies.curvature", __doc__.splitlines()[0], out="figures",
+                        what="curvature.json and curvature.txt")
     ap.add_argument("--setups", default="paper,code", help="the setups to measure (paper,code)")
     ap.add_argument("--figures", default=os.path.join(program.ROOT, "figures"), metavar="DIR",
                     help="the folder that holds a folder of saved runs per setup (figures)")
-    ap.add_argument("--tasks", type=int, default=None, help="only the first N held-out tasks")
-    ap.add_argument("--out", default=os.path.join(program.ROOT, "figures", "curvature.json"),
-                    help="the JSON to write; the table goes beside it, .txt "
-                    "(figures/curvature.json)")
-    args = ap.parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else argv
-    return args
+    ap.add_argument("--tasks", type=program.checked(int, lambda n: n >= 1, "an integer >= 1"),
+                    help="only the first N held-out tasks")
+    return program.parse(ap, argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     setups = [measure(os.path.join(args.figures, s), args.tasks) for s in args.setups.split(",")]
-    data = dict(command=program.command("studies.curvature", args.argv), setups=setups)
-    print(program.write(args.out, data, render, ".txt"), end="")
+    data = dict(command=program.command("studies.curvature", args.argv), setups=setups,
+                environment=program.environment(program.jax_device()), when=program.now(),
+                load=program.load())
+    print(program.write(args.out, "curvature", data, render, ".txt"), end="")
 
 
 if __name__ == "__main__":

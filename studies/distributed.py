@@ -3,17 +3,19 @@
 Start one copy per process from the repository root, all with the same coordinator (host:port
 of process 0) and count:
 
-    python -m studies.distributed /tmp/p0.npz --coordinator 127.0.0.1:12345 \
+    python -m studies.distributed --out /tmp/d --coordinator 127.0.0.1:12345 \
         --num-processes 2 --process-id 0 &
-    python -m studies.distributed /tmp/p1.npz --coordinator 127.0.0.1:12345 \
+    python -m studies.distributed --out /tmp/d --coordinator 127.0.0.1:12345 \
         --num-processes 2 --process-id 1
 
 Without --coordinator it runs alone, on this process's devices. Each process holds only its share
 of every meta-batch's tasks; the unchanged `maml.step` averages the meta-gradient over all of them.
-Each writes its final parameters, the loss of every step and which task rows it held to its .npz
-file, for test_scaling.py to compare with one process training on all the tasks.
+Each writes its final parameters, the loss of every step and which task rows it held to
+process{N}.npz in the --out folder (N: its process index), for test_scaling.py to compare with one
+process training on all the tasks.
 """
-import argparse
+import os
+import tempfile
 
 import jax
 import numpy as np
@@ -22,16 +24,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import experiment
 import maml
+from machinery import program
 
-ap = argparse.ArgumentParser(prog="python -m studies.distributed",
-                             description=__doc__.splitlines()[0])
-ap.add_argument("out", help=".npz file for this process's results")
+ap = program.parser("python -m studies.distributed", __doc__.splitlines()[0],
+                    out=os.path.join(tempfile.gettempdir(), "distributed"),
+                    what="process{N}.npz, one file per process")
+count = {n: program.checked(int, lambda v, n=n: v >= n, f"an integer >= {n}") for n in (0, 1)}
 ap.add_argument("--coordinator",
                 help="host:port of process 0; leave out to run as a single process")
-ap.add_argument("--num-processes", type=int, default=1)
-ap.add_argument("--process-id", type=int, default=0)
-ap.add_argument("--steps", type=int, default=5, help="meta-steps to run")
-args = ap.parse_args()
+ap.add_argument("--num-processes", type=count[1], default=1, help="processes in all (1)")
+ap.add_argument("--process-id", type=count[0], default=0, help="this one's, from 0 (0)")
+ap.add_argument("--steps", type=count[1], default=5, help="meta-steps to run (5)")
+args = program.parse(ap)
 INIT_SEED, TASK_SEED = 0, 1
 
 # -8<- [start:initialize]
@@ -88,10 +92,12 @@ for full, part in zip(batch, global_batch):
 # The loss and the new state are replicated, so every process holds them whole and np.asarray reads
 # its own copy. (On the task arrays it would raise: no process holds all of those.)
 final = [np.asarray(p) for p in jax.tree.leaves(maml.get_params(opt_state))]
-np.savez(args.out, losses=np.array([np.asarray(l) for l in losses]), rows=rows, n_tasks=n_tasks,
-         k=k, steps=args.steps, init_seed=INIT_SEED, task_seed=TASK_SEED,
-         process_index=jax.process_index(), process_count=jax.process_count(),
-         device_count=jax.device_count(), **{f"param_{j}": p for j, p in enumerate(final)})
+arrays = dict(losses=np.array([np.asarray(l) for l in losses]), rows=rows, n_tasks=n_tasks, k=k,
+              steps=args.steps, init_seed=INIT_SEED, task_seed=TASK_SEED,
+              process_index=jax.process_index(), process_count=jax.process_count(),
+              device_count=jax.device_count(), **{f"param_{j}": p for j, p in enumerate(final)})
+program.write_whole(os.path.join(args.out, f"process{jax.process_index()}.npz"),
+                    lambda f: np.savez(f, **arrays))
 print(f"distributed.py: process {jax.process_index()} of {jax.process_count()}, "
       f"{jax.local_device_count()} of {jax.device_count()} devices, "
       f"tasks {rows[0]}..{rows[-1]} of {n_tasks}; "

@@ -7,19 +7,15 @@ This program prepares a copy of the project that mutmut can work on, runs it ove
 in SCOPE, and writes what became of every mutant as JSON, with the table the Testing page shows.
 
 Two things about the copy, both because mutmut only mutates the bodies of undecorated functions:
-- `@jit` and `@partial(jit, ...)` above a function become `f = jit(f)` after it (the same
-  function), so `step` and `adaptation_curves` are mutated too;
-- a conftest.py clears JAX's caches before each test while mutmut maps tests to functions:
-  otherwise a jitted function traced by one test is not traced again by the next, and mutmut
-  would think only the first test calls it.
-Each mutant runs in a fresh process (mutmut's fork server, forking before JAX is imported).
-
-Run from the repository root (35 minutes on two cores on 2026-12-01: 25 for mutmut, 10 for the
-changes planted by hand):
+`@jit` and `@partial(jit, ...)` above a function become `f = jit(f)` after it (the same function),
+so `step` is mutated too; a conftest.py clears JAX's caches before each test while mutmut maps
+tests to functions (else a function traced by one test is not traced again by the next, and mutmut
+would think only the first test calls it).
+Each mutant runs in a fresh process (mutmut's fork server, forking before JAX is imported). From
+the repository root (35 minutes on two cores on 2026-12-01: 25 for mutmut, 10 planted by hand):
 
     python -m studies.mutation --work /tmp/mutation --label after   # figures/mutation.json, .md
 """
-import argparse
 import ast
 import glob
 import io
@@ -29,27 +25,32 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
-from machinery import program, report
+from machinery import program
 
 ROOT = program.ROOT
-# The functions mutated: maml.py's whole algorithm, and the evaluation of experiment.py (held-out
-# tasks, adaptation, the baseline's step size) with the statistics report.py makes of it.
+# The functions mutated, by module: maml.py's whole algorithm, and the evaluation of experiment.py
+# (held-out tasks, adaptation, the baseline's step size) with the statistics machinery/report.py
+# makes of it. mutmut names a mutant after its module: machinery.report.x_mean_ci__mutmut_3.
 SCOPE = {
     "maml": ["loss", "inner_update", "maml_loss", "batch_maml_loss", "sample_sinusoids",
              "sample_tasks", "step"],
     "experiment": ["pretrain_loss", "eval_tasks", "adaptation_curves", "run_curves",
                    "tune_step_size", "evaluate"],
-    "report": ["finite_tasks", "most_diverged", "mean_ci", "t975", "between_runs", "run_numbers",
-               "over_runs"],
+    "machinery.report": ["finite_tasks", "most_diverged", "mean_ci", "t975", "between_runs",
+                         "run_numbers", "over_runs"],
 }
 # The tests that exercise them in this process (mutmut cannot follow a test into a subprocess).
-TESTS = ["test_maml.py", "test_experiment.py", "test_report.py", "test_results.py", "test_variants.py",
-         "test_docs.py::test_python_blocks_of_the_page_run_and_their_asserts_hold"]
+TESTS = ["test_maml.py", *(f"studies/test_{name}.py" for name in
+                          ("experiment", "report", "results", "variants")),
+         "studies/test_docs.py::test_python_blocks_of_the_page_run_and_their_asserts_hold"]
 # Left out: three slow tests that check what faster ones check too, and two that read maml.py's
 # text (its imports, its length), which mutmut's copy changes whatever the mutant.
 LEFT_OUT = ["empty_folder", "whatever_the_seeds", "jit_equals", "needs_no_package", "about_50_lines"]
-COPY = ["preflight.py", "scripts", "figures", "docs", "README.md", "mkdocs.yml"]  # what tests read
+# What the tests read besides the modules in SCOPE (machinery/ file by file: report.py is mutated).
+COPY = ["machinery/__init__.py", "machinery/preflight.py", "machinery/program.py", "studies",
+        "figures", "docs", "README.md", "mkdocs.yml"]
 CONFTEST = '''import os
 
 import jax
@@ -57,14 +58,12 @@ import pytest
 
 
 @pytest.fixture(autouse=True, scope="session")
-def trace_each_session_afresh():
-    """A mutant's process forks from one that collected the tests: nothing traced there counts."""
+def trace_each_session_afresh():  # a mutant's process forks from one that collected the tests
     jax.clear_caches()
 
 
 @pytest.fixture(autouse=True)
-def trace_each_test_afresh():
-    """While mutmut maps tests to the functions they call, every test traces its functions anew."""
+def trace_each_test_afresh():  # while mutmut maps tests to functions, each test traces anew
     if os.environ.get("MUTANT_UNDER_TEST") == "stats":
         jax.clear_caches()
 '''
@@ -74,12 +73,10 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 33: "no tests", 36: "timeout"
 
 def undecorate(source):
     """The source with each top-level `@dec def f` written as `def f` followed by `f = dec(f)`."""
-    lines = source.splitlines(keepends=True)
-    edits = []
+    lines, edits = source.splitlines(keepends=True), []
     for node in ast.parse(source).body:
         if isinstance(node, ast.FunctionDef) and node.decorator_list:
-            first = node.decorator_list[0].lineno - 1
-            rebind = node.name
+            first, rebind = node.decorator_list[0].lineno - 1, node.name
             for dec in reversed(node.decorator_list):
                 rebind = f"{ast.get_source_segment(source, dec)}({rebind})"
             edits.append((first, node.lineno - 1, node.end_lineno, f"\n\n{node.name} = {rebind}\n"))
@@ -94,14 +91,11 @@ def setup_cfg():
     deselect = " or ".join(LEFT_OUT)
     return "\n".join([
         "[mutmut]",
-        "source_paths=\n" + "\n".join(f"    {m}.py" for m in SCOPE),
+        "source_paths=\n" + "\n".join(f"    {m.replace('.', '/')}.py" for m in SCOPE),
         "also_copy=\n" + "\n".join(f"    {p}" for p in COPY + ["conftest.py"]),
         "pytest_add_cli_args_test_selection=\n" + "\n".join(f"    {t}" for t in TESTS),
         f"pytest_add_cli_args=\n    -p\n    no:cacheprovider\n    -k\n    not ({deselect})",
-        "process_isolation=forkserver",
-        "forkserver_warmup=collect",
-        "max_stack_depth=-1",
-        ""])
+        "process_isolation=forkserver", "forkserver_warmup=collect", "max_stack_depth=-1", ""])
 
 
 def export(commit, work):
@@ -112,22 +106,17 @@ def export(commit, work):
     tree = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(tree)) as tar:
         tar.extractall(work, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-    with open(os.path.join(work, "commit.txt"), "w") as f:
-        f.write(commit)
+    program.write_text(os.path.join(work, "commit.txt"), commit)
 
 
 def prepare(work, commit):
     """The project at `commit` in `work`, with the decorators unrolled and mutmut's config."""
     export(commit, work)
-    for name in SCOPE:
-        path = os.path.join(work, f"{name}.py")
-        with open(path) as f:
-            source = undecorate(f.read())
-        with open(path, "w") as f:
-            f.write(source)
+    for module in SCOPE:
+        path = os.path.join(work, module.replace(".", "/") + ".py")
+        program.write_text(path, undecorate(Path(path).read_text()))
     for name, text in (("conftest.py", CONFTEST), ("setup.cfg", setup_cfg())):
-        with open(os.path.join(work, name), "w") as f:
-            f.write(text)
+        program.write_text(os.path.join(work, name), text)
 
 
 # mutmut changes only the bodies of functions; these changes to lines outside them (the network,
@@ -144,26 +133,23 @@ PLANTED = [
     ("experiment.py", "alpha=0.01, tasks=25", "alpha=0.02, tasks=25"),
     ("experiment.py", "alpha=0.001, tasks=25", "alpha=0.002, tasks=25"),
     ("experiment.py", "10: 0.35}", "10: 0.36}"),
-    ("report.py", "RUNAWAY = 10", "RUNAWAY = 11"),
-    ("report.py", "2.571,", "2.57,"),
+    ("machinery/report.py", "RUNAWAY = 10", "RUNAWAY = 11"),
+    ("machinery/report.py", "2.571,", "2.57,"),
 ]
 
 
 def plant(work, path, old, new):
     """Run the tests on a copy with one line changed: "killed" if a test fails, else "survived"."""
     target = os.path.join(work, path)
-    with open(target) as f:
-        source = f.read()
+    source = Path(target).read_text()
     assert source.count(old) == 1, (path, old)
-    with open(target, "w") as f:
-        f.write(source.replace(old, new))
+    program.write_text(target, source.replace(old, new))
     try:
         done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
                                "-k", f"not ({' or '.join(LEFT_OUT)})", *TESTS], cwd=work,
                               capture_output=True, text=True)
     finally:
-        with open(target, "w") as f:
-            f.write(source)
+        program.write_text(target, source)
     return {0: "survived", 1: "killed"}.get(done.returncode, f"exit code {done.returncode}")
 
 
@@ -174,23 +160,23 @@ def plant_all(work, commit):
             for path, old, new in PLANTED]
 
 
-def patterns():
-    """mutmut's names for the mutants of the functions in SCOPE."""
-    return [f"{m}.x_{f}__mutmut_*" for m, names in SCOPE.items() for f in names]
-
-
 def run_mutmut(mutmut, work):
-    """mutmut over every function in SCOPE, each mutant in its own process, two at a time."""
-    subprocess.run([mutmut, "run", "--max-children", "2", *patterns()], cwd=work, check=True)
+    """mutmut over every function in SCOPE (by mutmut's names for their mutants), each mutant in
+    its own process, two at a time."""
+    names = [f"{m}.x_{f}__mutmut_*" for m, functions in SCOPE.items() for f in functions]
+    subprocess.run([mutmut, "run", "--max-children", "2", *names], cwd=work, check=True)
+
+
+def meta_files(work):
+    """mutmut's records of a run in the copy, one per source file (machinery/ in a folder)."""
+    return sorted(glob.glob(os.path.join(work, "mutants", "**", "*.py.meta"), recursive=True))
 
 
 def outcomes(work):
     """Every mutant of SCOPE and what became of it, from mutmut's records in the copy."""
     got = {}
-    for meta in sorted(glob.glob(os.path.join(work, "mutants", "*.py.meta"))):
-        with open(meta) as f:
-            codes = json.load(f)["exit_code_by_key"]
-        for name, code in codes.items():
+    for meta in meta_files(work):
+        for name, code in json.loads(Path(meta).read_text())["exit_code_by_key"].items():
             module, _, rest = name.partition(".x_")
             if rest.split("__mutmut_")[0] in SCOPE.get(module, ()):
                 got[name] = STATUS.get(code, f"exit code {code}")
@@ -205,15 +191,20 @@ def mutant_order(name):
     return list(SCOPE).index(module), SCOPE[module].index(function), int(number)
 
 
+def output(command, work):
+    """What a command run in the copy prints (mutmut reads its configuration there)."""
+    return subprocess.run(command, cwd=work, capture_output=True, text=True, check=True).stdout
+
+
 def change(mutmut, work, name):
     """The lines a mutant changes, as mutmut shows them: removed with '-', added with '+'."""
-    shown = subprocess.run([mutmut, "show", name], cwd=work, capture_output=True, text=True,
-                           check=True).stdout
+    shown = output([mutmut, "show", name], work)
     return [ln for ln in shown.splitlines() if ln[:1] in "-+" and ln[:3] not in ("---", "+++")]
 
 
 # Mutants that no test can kill, because the program they make computes the same numbers; each
-# with the reason, written after reading every survivor of the last run.
+# with the reason, written after reading every survivor of the last run. The names are that run's
+# (its commit had report.py at the top, so its mutants are report.x_...; now machinery.report).
 AS_FLOAT32 = ("The candidate step sizes go to run_curves as float64 instead of float32; JAX, in "
               "its default 32-bit mode (the experiment's), makes them float32 as they enter.")
 MAML_AS_FLOAT64 = ("MAML's step size kept as float64 instead of float32: JAX makes it float32 as it "
@@ -230,17 +221,11 @@ EQUIVALENT = {
 
 def label_record(args, work):
     """One run of the tool: the tests' commit, how it was run, and every mutant's outcome."""
-    with open(os.path.join(work, "commit.txt")) as f:
-        commit = f.read().strip()
+    commit = Path(work, "commit.txt").read_text().strip()
     return {"commit": commit, "when": program.now(), "load": program.load(),
-            "machine": program.machine(mutmut=version(args.mutmut, work)), "outcomes": outcomes(work),
-            "planted": plant_all(work + "-planted", commit)}
-
-
-def version(mutmut, work):
-    """mutmut's version, as it prints it (it reads its configuration first, so in the copy)."""
-    return subprocess.run([mutmut, "--version"], cwd=work, capture_output=True, text=True,
-                          check=True).stdout.split()[-1]
+            "environment": program.environment(
+                mutmut=output([args.mutmut, "--version"], work).split()[-1]),
+            "outcomes": outcomes(work), "planted": plant_all(work + "-planted", commit)}
 
 
 def results(args, old):
@@ -261,52 +246,48 @@ def counts(outcomes, prefix=""):
     return {s: picked.count(s) for s in sorted(set(picked))}
 
 
-def score_rows(data):
+def score_table(data):
     """One row per run: its mutants by outcome, and the share killed, of all and of those that
     are not equivalent (a mutant computing the same numbers can fail no test)."""
-    rows = ["| run | tests of | mutants | killed | survived | no test ran | killed, of all | "
-            "killed, equivalent ones aside |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    rows = []
     for label, run in data["runs"].items():
         c, n = counts(run["outcomes"]), len(run["outcomes"])
         real = n - sum(name in data["equivalent"] for name in run["outcomes"])
-        rows.append(f"| {label} | `{run['commit'][:7]}` | {n} | {c.get('killed', 0)} | "
-                    f"{c.get('survived', 0)} | {c.get('no tests', 0)} | "
-                    f"{100 * c.get('killed', 0) / n:.1f}% | {100 * c.get('killed', 0) / real:.1f}% |")
-    return rows
+        rows.append([label, f"`{run['commit'][:7]}`", n, c.get("killed", 0), c.get("survived", 0),
+                     c.get("no tests", 0), f"{100 * c.get('killed', 0) / n:.1f}%",
+                     f"{100 * c.get('killed', 0) / real:.1f}%"])
+    return program.table(["run", "tests of", "mutants", "killed", "survived", "no test ran",
+                          "killed, of all", "killed, equivalent ones aside"], rows, "llrrrrrr")
 
 
-def function_rows(data):
-    """One row per function in SCOPE: its mutants, and how many each run did not kill."""
-    labels = list(data["runs"])
-    rows = ["| function | mutants | " + " | ".join(f"not killed, {lb}" for lb in labels) + " |",
-            "|---|---:|" + "---:|" * len(labels)]
-    for module, names in SCOPE.items():
+def function_table(data):
+    """One row per function of the data's scope: its mutants, and how many each run did not kill."""
+    labels, rows = list(data["runs"]), []
+    for module, names in data["scope"].items():
         for f in names:
             per = [counts(data["runs"][lb]["outcomes"], f"{module}.x_{f}__") for lb in labels]
-            missed = [str(sum(n for s, n in c.items() if s != "killed")) for c in per]
-            rows.append(f"| `{module}.{f}` | {sum(per[-1].values())} | " + " | ".join(missed) + " |")
-    return rows
+            rows.append([f"`{module}.{f}`", sum(per[-1].values()),
+                         *(sum(n for s, n in c.items() if s != "killed") for c in per)])
+    return program.table(["function", "mutants", *(f"not killed, {lb}" for lb in labels)], rows,
+                         "lr" + "r" * len(labels))
 
 
-def planted_rows(data):
+def planted_table(data):
     """One row per change planted by hand, with its outcome in each run."""
     labels = list(data["runs"])
-    rows = ["| file | line | planted | " + " | ".join(labels) + " |", "|---|---|---|" + "---|" * len(labels)]
-    for i, p in enumerate(list(data["runs"].values())[-1]["planted"]):
-        outcomes = [data["runs"][lb]["planted"][i]["outcome"] for lb in labels]
-        rows.append(f"| `{p['file']}` | `{p['line']}` | `{p['planted']}` | " + " | ".join(outcomes) + " |")
-    return rows
+    rows = [[f"`{p['file']}`", f"`{p['line']}`", f"`{p['planted']}`",
+             *(data["runs"][lb]["planted"][i]["outcome"] for lb in labels)]
+            for i, p in enumerate(list(data["runs"].values())[-1]["planted"])]
+    return program.table(["file", "line", "planted", *labels], rows)
 
 
 def survivor_lines(data):
     """Every mutant the last run did not kill: its change and why no test can kill it."""
     last = list(data["runs"].values())[-1]["outcomes"]
-    lines = []
-    for name, status in last.items():
-        if status != "killed":
-            change = " → ".join(f"`{ln[0]} {ln[1:].strip()}`" for ln in data["changes"][name])
-            lines.append(f"- `{name}` ({status}): {change}. "
-                         + data["equivalent"].get(name, "**Not explained.**"))
+    lines = [f"- `{name}` ({status}): "
+             + " → ".join(f"`{ln[0]} {ln[1:].strip()}`" for ln in data["changes"][name])
+             + ". " + data["equivalent"].get(name, "**Not explained.**")
+             for name, status in last.items() if status != "killed"]
     return lines or ["- none"]
 
 
@@ -314,34 +295,31 @@ def render(data):
     """The Testing page's tables: each run's score, by function, the changes planted by hand, and
     every mutant the last run did not kill."""
     return "\n".join([
-        f"Command: `{data['command']}`", "", *score_rows(data), "", *function_rows(data), "",
+        f"Command: `{data['command']}`", "", score_table(data), function_table(data),
         "Changes outside functions, which mutmut leaves alone, planted by hand:", "",
-        *planted_rows(data), "", f"Not killed by the tests of the {list(data['runs'])[-1]} run:", "",
+        planted_table(data), f"Not killed by the tests of the {list(data['runs'])[-1]} run:", "",
         *survivor_lines(data)]) + "\n"
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m studies.mutation", allow_abbrev=False,
-                                 description=__doc__.splitlines()[0])
+    ap = program.parser("python -m studies.mutation", __doc__.splitlines()[0], out="figures",
+                        what="mutation.json and mutation.md")
     ap.add_argument("--work", help="a folder for mutmut's copy (emptied first)")
     ap.add_argument("--label", help="the name of this run in the JSON (before, after)")
-    ap.add_argument("--commit", default="HEAD", help="the commit whose code and tests to measure (HEAD)")
+    ap.add_argument("--commit", default="HEAD", help="the commit whose code and tests to measure")
     ap.add_argument("--mutmut", default=shutil.which("mutmut") or "mutmut", help="mutmut's command")
     ap.add_argument("--summarise-only", action="store_true",
                     help="read the outcomes of a mutmut run already in --work instead of running "
                     "it again (the planted changes run either way)")
     ap.add_argument("--explain-only", action="store_true",
                     help="run nothing: write EQUIVALENT's reasons into --out and render it again")
-    ap.add_argument("--out", default=os.path.join(ROOT, "figures", "mutation.json"),
-                    help="the JSON to write (the markdown goes beside it, .md)")
-    args = ap.parse_args(argv)
+    args = program.parse(ap, argv)
     if not args.explain_only and not (args.work and args.label):
         ap.error("--work and --label are needed, unless --explain-only")
     for folder in ([] if args.explain_only else [args.work, args.work + "-planted"]):
         check_work(ap, folder)
-    if args.summarise_only and not glob.glob(os.path.join(args.work, "mutants", "*.py.meta")):
+    if args.summarise_only and not meta_files(args.work):
         ap.error(f"--summarise-only: {args.work} holds no mutmut run to read")
-    args.argv = sys.argv[1:] if argv is None else argv
     return args
 
 
@@ -356,17 +334,16 @@ def check_work(ap, folder):
 
 def main(argv=None):
     args = parse_args(argv)
+    path = os.path.join(args.out, "mutation.json")
+    old = program.read_json(path) if os.path.exists(path) else {}
     if args.explain_only:
-        data = dict(report.read_json(args.out), equivalent=EQUIVALENT)
-        print(program.write(args.out, data, render, ".md"), end="")
+        print(program.write(args.out, "mutation", dict(old, equivalent=EQUIVALENT), render), end="")
         return
     if not args.summarise_only:
-        commit = subprocess.run(["git", "rev-parse", args.commit], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
+        commit = output(["git", "rev-parse", args.commit], ROOT).strip()
         prepare(args.work, commit)
         run_mutmut(args.mutmut, args.work)
-    old = report.read_json(args.out) if os.path.exists(args.out) else {}
-    print(program.write(args.out, results(args, old), render, ".md"), end="")
+    print(program.write(args.out, "mutation", results(args, old), render), end="")
 
 
 if __name__ == "__main__":

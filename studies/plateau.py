@@ -8,12 +8,11 @@ committed twenty-run results (figures/code, figures/paper), beside the run's K =
      K = 5 MSE at 70,000 and at 140,000 steps says whether they catch up;
   2. fills the 2 x 2 of initialisation (stax's, the released code's) by inner step size (0.01,
      0.001): the two cells the setups do not cover are trained here, MAML alone, 10 runs each.
-Writes figures/plateau.json, and figures/plateau.md rendered from it.
+Writes plateau.json, and plateau.md rendered from it, into --out (figures).
 
     python -m studies.plateau          # about 40 minutes on two CPU cores
-    python -m studies.plateau --quick  # a few hundred steps on a few tasks: a smoke run
+    python -m studies.plateau --quick --out /tmp/p  # a few hundred steps on a few tasks: a smoke run
 """
-import argparse
 import os
 
 import numpy as np
@@ -22,7 +21,7 @@ from jax.tree_util import tree_map
 
 import experiment
 import maml
-from machinery import report
+from machinery import program, report
 
 SLOW = 5_000  # a run is slow if its training loss leaves the plateau after this step, or never
 GRID = {("stax", 0.01): "paper", ("code", 0.001): "code",  # covered by the twenty-run results
@@ -54,9 +53,10 @@ def k5_means(params, setup, test_seed, n_tasks):
 
 
 def train_maml(setup, seeds, blocks, test_seed=0, n_tasks=600):
-    """MAML alone for the runs of `seeds` at once, `blocks` times setup["steps"] steps: block 0 on
-    each run's own stream, exactly as experiment.py draws it; block b > 0 on the stream of
-    fold_in(key, b). Returns per block each run's K = 5 means, and the training numbers."""
+    """MAML alone for the runs of `seeds` at once, `blocks` times setup["steps"] steps, by
+    experiment.train: block 0 on each run's own stream, exactly as experiment.py draws it; block
+    b > 0 goes on from block b - 1's optimizer state on the stream of fold_in(key, b). Returns per
+    block each run's K = 5 means, and the training numbers."""
     keys = np.stack([experiment.run_keys(s, 1)[:, 0] for s in seeds], axis=1)  # (5, runs, 2)
     params = vmap(experiment.INITS[setup["init"]])(keys[0])
     compiled = experiment.compile_training(maml.step, tree_map(lambda a: a[0], params), setup,
@@ -64,15 +64,17 @@ def train_maml(setup, seeds, blocks, test_seed=0, n_tasks=600):
     state, losses, after = vmap(maml.opt_init)(params), [], []
     for b in range(blocks):
         stream = keys[1] if b == 0 else np.asarray(vmap(random.fold_in, (0, None))(keys[1], b))
-        step_keys, offset = experiment.step_keys(stream, setup["steps"]), b * setup["steps"]
-        for a, z in experiment.chunks(setup["steps"]):
-            state, chunk = compiled[z - a](state, step_keys[a:z], np.arange(
-                offset + a, offset + z, dtype=np.int32), setup["amp_range"], setup["alpha"])
-            losses.append(np.asarray(chunk))
+        state, block, _ = experiment.train(compiled, None, stream, setup, f"block {b + 1}",
+                                           log=quiet, resume=(state, b * setup["steps"]))
+        losses.append(block)
         after.append(k5_means(maml.get_params(state), setup, test_seed, n_tasks))
         print(f"  block {b + 1}/{blocks} of seeds {seeds}: K = 5 after 10 steps "
               + ", ".join(f"{m[10]:.3f}" for m in after[-1]), flush=True)
     return after, report.training_numbers(np.concatenate(losses))
+
+
+def quiet(line):
+    """experiment.train's progress lines, left out: a line per block says how the runs did."""
 
 
 def catch_up(name, runs, setup, args):
@@ -104,17 +106,19 @@ def grid_cell(init, alpha, committed, args):
 
 
 def measure(args):
-    committed = {name: committed_runs(report.read_json(os.path.join(args.figures, name,
-                                                                      "results.json")))
+    committed = {name: committed_runs(program.read_json(os.path.join(args.figures, name,
+                                                                       "results.json")))
                  for name in ("code", "paper")}
     setups = {name: dict(experiment.SETUPS[name], steps=args.steps or
                          experiment.SETUPS[name]["steps"]) for name in committed}
-    return dict(command="python -m studies.plateau" + (" --quick" if args.quick else ""),
-                slow_after=SLOW, window=report.PLATEAU_WINDOW, committed=committed,
+    return dict(command=program.command("studies.plateau", args.argv), slow_after=SLOW,
+                window=report.PLATEAU_WINDOW, committed=committed,
                 catch_up={name: catch_up(name, runs, setups[name], args)
                           for name, runs in committed.items()},
                 grid=[dict(init=init, alpha=alpha, **grid_cell(init, alpha, committed, args))
-                      for init, alpha in GRID])
+                      for init, alpha in GRID],
+                environment=program.environment(program.jax_device()), when=program.now(),
+                load=program.load())
 
 
 def steps_text(leaves):
@@ -122,43 +126,41 @@ def steps_text(leaves):
 
 
 def runs_table(data):
-    lines = ["| setting | seed | MAML leaves the plateau at step | MAML, K = 5, after 10 steps "
-             "| baseline leaves the plateau at step |", "|---|---|---|---|---|"]
-    for name, runs in data["committed"].items():
-        lines += [f"| `{name}` | {r['seed']} | {steps_text(r['maml_leaves'])} | "
-                  f"{report.number(r['k5']['10'])} | {steps_text(r['baseline_leaves'])} |"
-                  for r in runs]
-    return lines
+    return program.table(
+        ["setting", "seed", "MAML leaves the plateau at step", "MAML, K = 5, after 10 steps",
+         "baseline leaves the plateau at step"],
+        [[f"`{name}`", r["seed"], steps_text(r["maml_leaves"]), report.number(r["k5"]["10"]),
+          steps_text(r["baseline_leaves"])] for name, runs in data["committed"].items()
+         for r in runs], "lrrrr")
 
 
 def catch_up_table(data):
-    lines = ["| setting | seed | leaves the plateau at step (twenty-run result; again) "
-             "| K = 5, 10 steps, after 70,000 steps (twenty-run result; again) "
-             "| after 140,000 steps |", "|---|---|---|---|---|"]
+    rows = []
     for name, c in data["catch_up"].items():
         first = {r["seed"]: r for r in data["committed"][name]}
-        for i, seed in enumerate(c["seeds"]):
-            lines.append(f"| `{name}` | {seed} | {steps_text(first[seed]['maml_leaves'])}; "
-                         f"{steps_text(c['leaves_plateau'][i])} | "
-                         f"{report.number(first[seed]['k5']['10'])}; "
-                         f"{report.number(c['at_70k'][i]['10'])} | "
-                         f"{report.number(c['at_140k'][i]['10'])} |")
-    return lines
+        rows += [[f"`{name}`", seed, f"{steps_text(first[seed]['maml_leaves'])}; "
+                  f"{steps_text(c['leaves_plateau'][i])}",
+                  f"{report.number(first[seed]['k5']['10'])}; {report.number(c['at_70k'][i]['10'])}",
+                  report.number(c["at_140k"][i]["10"])] for i, seed in enumerate(c["seeds"])]
+    return program.table(
+        ["setting", "seed", "leaves the plateau at step (twenty-run result; again)",
+         "K = 5, 10 steps, after 70,000 steps (twenty-run result; again)",
+         "after 140,000 steps"], rows, "lrrrr")
+
+
+def spread_text(values):
+    v = np.array(values)
+    return (f"{report.number(v.mean())}, median {report.number(np.median(v))} "
+            f"[{report.number(v.min())}, {report.number(v.max())}]")
 
 
 def grid_table(data):
-    lines = ["| initialisation | inner step | runs | slow runs | K = 5 after 1 step | 5 steps "
-             "| 10 steps |", "|---|---|---|---|---|---|---|"]
-    for cell in data["grid"]:
-        slow = sum(is_slow(s) for s in cell["leaves_plateau"])
-        stats = []
-        for n in ("1", "5", "10"):
-            v = np.array([m[n] for m in cell["k5"]])
-            stats.append(f"{report.number(v.mean())}, median {report.number(np.median(v))} "
-                         f"[{report.number(v.min())}, {report.number(v.max())}]")
-        lines.append(f"| {cell['init']} | {cell['alpha']:g} | {len(cell['seeds'])} | "
-                     f"{slow} of {len(cell['seeds'])} | " + " | ".join(stats) + " |")
-    return lines
+    rows = [[cell["init"], f"{cell['alpha']:g}", len(cell["seeds"]),
+             f"{sum(is_slow(s) for s in cell['leaves_plateau'])} of {len(cell['seeds'])}",
+             *(spread_text([m[n] for m in cell["k5"]]) for n in ("1", "5", "10"))]
+            for cell in data["grid"]]
+    return program.table(["initialisation", "inner step", "runs", "slow runs",
+                          "K = 5 after 1 step", "5 steps", "10 steps"], rows, "lrrrrrr")
 
 
 def render(data):
@@ -168,23 +170,26 @@ def render(data):
          f"loss is below half that of its first {data['window']} steps; a run is slow if that "
          f"comes after step {data['slow_after']:,}, or never. Made by `{data['command']}`.", "",
          "**The 2 x 2: initialisation by inner step size** (MAML's K = 5 held-out MSE: mean over "
-         "runs, median [lowest, highest])", "", *grid_table(data), "",
-         "**The slow runs, given twice the steps**", "", *catch_up_table(data), "",
-         "**Every run**", "", *runs_table(data)]) + "\n"
+         "runs, median [lowest, highest])", "", grid_table(data),
+         "**The slow runs, given twice the steps**", "", catch_up_table(data),
+         "**Every run**", "", runs_table(data)])
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv=None):
+    ap = program.parser("python -m studies.plateau", __doc__.splitlines()[0], out="figures",
+                        what="plateau.json and plateau.md")
     ap.add_argument("--quick", action="store_true", help="300 steps, 2 runs a cell, 50 tasks")
-    ap.add_argument("--figures", default="figures", help="where the committed results are")
-    ap.add_argument("--out", default="figures", help="where plateau.json and .md go")
-    args = ap.parse_args()
+    ap.add_argument("--figures", default=os.path.join(program.ROOT, "figures"), metavar="DIR",
+                    help="where the committed twenty-run results are (figures)")
+    args = program.parse(ap, argv)
     args.steps, args.grid_runs, args.eval_tasks = (300, 2, 50) if args.quick else (None, 10, 600)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     data = report.plain(measure(args))
-    report.write_json(os.path.join(args.out, "plateau.json"), data)
-    text = render(data)
-    report.write_whole(os.path.join(args.out, "plateau.md"), lambda f: f.write(text.encode()))
-    print(text, end="")
+    print(program.write(args.out, "plateau", data, render), end="")
 
 
 if __name__ == "__main__":

@@ -7,13 +7,12 @@ time is the part that does not grow with the steps: start-up, compiling, evaluat
 sizes are interleaved over --rounds rounds; the table gives medians, and from the two parts, what
 a full run of 70,000 steps costs at once against N separate runs.
 
-Run from the repository root; it writes the measurements as JSON (--out) and the table rendered
-from them beside it, .md:
+Run from the repository root; it writes the measurements as runs_at_once.json into the --out
+folder (figures), and the table rendered from them beside it, .md:
 
     python -m studies.runs_at_once          # figures/runs_at_once.json and .md
-    python -m studies.runs_at_once --sizes 1,16,64 --out /tmp/gpu.json   # on a GPU
+    python -m studies.runs_at_once --sizes 1,16,64 --out /tmp/gpu   # on a GPU
 """
-import argparse
 import os
 import statistics
 import subprocess
@@ -21,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from machinery import program, report
+from machinery import program
 
 FULL = 70_000  # the paper's meta-training steps
 
@@ -37,7 +36,7 @@ def measure(runs, steps, eval_tasks):
         wall = time.perf_counter() - t0
         if done.returncode != 0:
             sys.exit(f"runs_at_once: experiment.py --seeds {runs} failed:\n{done.stderr[-2000:]}")
-        results = report.read_json(os.path.join(out, "results.json"))
+        results = program.read_json(os.path.join(out, "results.json"))
     return dict(wall_s=wall, ms_per_step=results["ms_per_step"],
                 device=results["environment"]["device"])
 
@@ -73,50 +72,54 @@ def results(got, args):
         s["at_once_over_separately"] = s["full_run_s"] / separately
     device = sizes[0]["rounds"][0]["device"]
     return dict(command=program.command("studies.runs_at_once", args.argv),
-                machine=program.machine(device=device), when=program.now(), load_after=program.load(),
-                steps=args.steps, eval_tasks=args.eval_tasks, rounds=args.rounds, full_steps=FULL,
+                environment=program.environment(device), when=program.now(),
+                load_after=program.load(), steps=args.steps, eval_tasks=args.eval_tasks, rounds=args.rounds, full_steps=FULL,
                 sizes=sizes)
 
 
 def render(data):
     """The markdown table, from the data alone."""
-    lines = [f"Measured on {program.machine_text(data['machine'])}; {data['when']}; load average "
-             f"{'/'.join(f'{x:.2f}' for x in data['load_after'])} after.", "",
-             f"Command: `{data['command']}`", "",
-             f"`python experiment.py --seeds N --steps {data['steps']:,}` (paper setting, "
-             f"{data['eval_tasks']} held-out tasks), each a fresh process, median of "
-             f"{data['rounds']} rounds. The fixed part is the wall time less the steps' "
-             f"steady-state time; a full run adds {data['full_steps']:,} steps to it.", "",
-             "| runs at once | ms per meta-step, all runs | ms per run-step | whole program, s | "
-             "fixed part, s | a full run, s (estimate) | at once / separately, full run |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {s['runs']} | {s['ms_per_step']:.3f} | {s['ms_per_run_step']:.3f} | "
-              f"{s['wall_s']:.1f} | {s['fixed_s']:.1f} | {s['full_run_s']:.0f} | "
-              f"{s['at_once_over_separately']:.2f} |" for s in data["sizes"]]
-    return "\n".join(lines) + "\n"
+    rows = [[s["runs"], f"{s['ms_per_step']:.3f}", f"{s['ms_per_run_step']:.3f}",
+             f"{s['wall_s']:.1f}", f"{s['fixed_s']:.1f}", f"{s['full_run_s']:.0f}",
+             f"{s['at_once_over_separately']:.2f}"] for s in data["sizes"]]
+    return "\n".join([
+        f"Measured on {program.environment_text(data['environment'])}; {data['when']}; load "
+        f"average {'/'.join(f'{x:.2f}' for x in data['load_after'])} after.", "",
+        f"Command: `{data['command']}`", "",
+        f"`python experiment.py --seeds N --steps {data['steps']:,}` (paper setting, "
+        f"{data['eval_tasks']} held-out tasks), each a fresh process, median of "
+        f"{data['rounds']} rounds. The fixed part is the wall time less the steps' "
+        f"steady-state time; a full run adds {data['full_steps']:,} steps to it.", "",
+        program.table(["runs at once", "ms per meta-step, all runs", "ms per run-step",
+                       "whole program, s", "fixed part, s", "a full run, s (estimate)",
+                       "at once / separately, full run"], rows, "rrrrrrr")]).rstrip() + "\n"
+
+
+def sizes(text):
+    """--sizes: runs at once, comma-separated whole numbers >= 1 (None if not)."""
+    got = [int(n) for n in text.split(",") if n.strip().isdigit()]
+    return got if len(got) == len(text.split(",")) and min(got) >= 1 else None
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m studies.runs_at_once", allow_abbrev=False,
-                                 description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="1,4,16", help="runs at once, each size in turn (1,4,16)")
-    ap.add_argument("--steps", type=int, default=3000, help="meta-training steps of each (3000)")
-    ap.add_argument("--rounds", type=int, default=3, help="every size runs once a round (3)")
-    ap.add_argument("--eval-tasks", type=int, default=600, help="held-out tasks (600)")
-    ap.add_argument("--out", default=os.path.join(program.ROOT, "figures", "runs_at_once.json"),
-                    help="the JSON to write; the markdown goes beside it, .md "
-                    "(figures/runs_at_once.json)")
-    args = ap.parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else argv
-    args.sizes = [int(n) for n in args.sizes.split(",")]
-    return args
+    ap = program.parser("python -m studies.runs_at_once", __doc__.splitlines()[0], out="figures",
+                        what="runs_at_once.json and runs_at_once.md")
+    at_least_1 = program.checked(int, lambda n: n >= 1, "an integer >= 1")
+    ap.add_argument("--sizes", default=[1, 4, 16], type=program.checked(
+        sizes, bool, "whole numbers >= 1, comma-separated"),
+        help="runs at once, each size in turn (1,4,16)")
+    ap.add_argument("--steps", type=at_least_1, default=3000,
+                    help="meta-training steps of each (3000)")
+    ap.add_argument("--rounds", type=at_least_1, default=3, help="every size runs once a round (3)")
+    ap.add_argument("--eval-tasks", type=program.checked(int, lambda n: n >= 2, "an integer >= 2"),
+                    default=600, help="held-out tasks (600)")
+    return program.parse(ap, argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     got = measure_all(args.sizes, args.rounds, args.steps, args.eval_tasks)
-    text = program.write(args.out, results(got, args), render, ".md")
-    print(text, end="")
+    print(program.write(args.out, "runs_at_once", results(got, args), render), end="")
 
 
 if __name__ == "__main__":

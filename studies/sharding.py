@@ -18,6 +18,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import experiment
 import maml
+from machinery import program
+
+# No flags but --help; it writes nothing, and only prints its one line.
+program.parse(program.parser("python -m studies.sharding", __doc__.splitlines()[0]))
 
 # The sharded step sums each device's share of the tasks, then all-reduces those partial sums: the
 # same float32 numbers added in another order. That moves results by a few units in the last place
@@ -83,7 +87,6 @@ collectives = sorted(set(re.findall(
 # -8<- [end:hlo]
 # The partial sums must be combined: on more than one device, an all-reduce.
 assert n_devices == 1 or "all-reduce" in collectives, collectives
-
 
 
 def max_diff(a, b):

@@ -10,7 +10,6 @@ order (each device sums its own tasks, an all-reduce sums the devices), which mo
 few units in the last place (float32: ~1e-7 relative); 1e-5 is ~100 of those, and atol 1e-6 covers
 entries near zero where the terms cancel. Splitting the tasks wrongly moves the loss by ~1e-1.
 """
-import os
 import re
 import socket
 import subprocess
@@ -21,11 +20,12 @@ import numpy as np
 import pytest
 
 from studies.conftest import ROOT, cpu_env
+
 RTOL, ATOL = 1e-5, 1e-6
 TIME_LIMIT_S = 120  # for the two processes together; they take ~20 s on 2 shared cores
 
 
-
+@pytest.mark.slow
 def test_one_step_with_tasks_sharded_over_4_devices_matches_one_device():
     """studies/sharding.py on 4 CPU devices: the meta-batch's 28 tasks split 7 per device, the
     optimizer state replicated. The script itself asserts that one `maml.step` gives the same loss
@@ -48,6 +48,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_with_half_the_tasks_each_train_like_one_process(tmp_path):
     """Two processes on 127.0.0.1 join with jax.distributed.initialize (CPU, gloo), one device
     each, and run studies/distributed.py's 5 `maml.step`s, each holding 13 of every meta-batch's 26
@@ -55,14 +56,15 @@ def test_two_processes_with_half_the_tasks_each_train_like_one_process(tmp_path)
     on all 26 tasks on one device, within rtol 1e-5 and atol 1e-6 (float32 sums in another order).
     Both processes are stopped in all cases: when done, when one fails, or after 120 s."""
     port, procs, logs = free_port(), [], [tmp_path / f"process{p}.log" for p in range(2)]
-    outs = [tmp_path / f"process{p}.npz" for p in range(2)]
+    out = tmp_path / "results"  # not there yet: the processes make it
     deadline = time.monotonic() + TIME_LIMIT_S
     try:
         for p in range(2):
             with open(logs[p], "w") as log:  # a file, not a pipe: a full pipe would stall the process
                 procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "studies.distributed", str(outs[p]), "--coordinator", f"127.0.0.1:{port}",
-                     "--num-processes", "2", "--process-id", str(p)],
+                    [sys.executable, "-m", "studies.distributed", "--out", str(out),
+                     "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                     "--process-id", str(p)],
                     cwd=ROOT, env=cpu_env(), stdout=log, stderr=subprocess.STDOUT))
         # Wait for both, but not past the deadline, nor once one has failed: its partner would
         # only wait for it (up to jax's heartbeat timeout, 100 s) and then fail too.
@@ -80,7 +82,7 @@ def test_two_processes_with_half_the_tasks_each_train_like_one_process(tmp_path)
     assert not hung or any(proc.returncode > 0 for proc in procs), \
         f"process {hung} did not finish within {TIME_LIMIT_S} s and was stopped\n{tails}"
     assert [proc.returncode for proc in procs] == [0, 0], tails
-    results = [dict(np.load(out)) for out in outs]
+    results = [dict(np.load(out / f"process{p}.npz")) for p in range(2)]
 
     r = results[0]
     n_tasks, k, steps = int(r["n_tasks"]), int(r["k"]), int(r["steps"])

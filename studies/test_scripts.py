@@ -1,20 +1,21 @@
-"""The programs in scripts/ that the pages show, and the results they committed.
+"""The programs in studies/ that the pages show, and the results they committed.
 
-Run with `python -m pytest test_scripts.py`. The scripts run in a quick mode, in this process where
-they can (their functions are called; only what they time starts processes of its own):
-- scripts.curvature on two runs that experiment.py trains here: its power iteration against the
+Run with `python -m pytest studies/test_scripts.py`. The programs run in a quick mode, in this
+process where they can (their functions are called; only what they time starts processes of its
+own), and each program's --help in a process of its own:
+- studies.curvature on two runs that experiment.py trains here: its power iteration against the
   eigenvalues of the full Hessian, its count of tasks that ended worse against experiment.py's
   own count, and its JSON against its table;
-- scripts.bench: both of maml.py's loops time and train alike, and its JSON holds its table;
-- scripts.runs_at_once: one measurement per size, consistent with itself;
-- the committed figures/benchmark.json and figures/runs_at_once.json: their tables are rendered
-  from them, their commands name no path of the machine they ran on, and the Performance page's
-  sentences about runs at once hold for them.
-Speed itself is measured by the scripts, never asserted by a test.
+- studies.runs_at_once: one measurement per size, consistent with itself;
+- the committed results of runs_at_once, mutation and compare: their tables are rendered from
+  their JSON, their commands name no path of the machine they ran on, and the pages state their
+  numbers.
+Speed itself is measured by the programs, never asserted by a test.
 """
-import math
 import os
 import re
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -23,8 +24,9 @@ from jax.flatten_util import ravel_pytree
 
 import experiment
 import maml
-from machinery import program, report
-from studies import bench, curvature, mutation, runs_at_once
+from machinery import program
+from studies.conftest import ROOT, cpu_env, numbers_in
+from studies import compare, curvature, mutation, runs_at_once
 
 FIGURES = os.path.join(program.ROOT, "figures")
 
@@ -41,12 +43,14 @@ def saved_runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def curvature_run(saved_runs):
-    """`python -m studies.curvature` on those runs: its JSON and its text table."""
-    out = saved_runs / "curvature.json"
+    """`python -m studies.curvature` on those runs, into a folder not there yet: its JSON and its
+    text table."""
+    out = saved_runs / "curvature"
     curvature.main(["--figures", str(saved_runs), "--setups", "code", "--out", str(out)])
-    return report.read_json(out), out.with_suffix(".txt").read_text()
+    return program.read_json(out / "curvature.json"), (out / "curvature.txt").read_text()
 
 
+@pytest.mark.slow
 def test_curvature_power_iteration_finds_the_largest_hessian_eigenvalue(saved_runs,
                                                                         curvature_run):
     """The top eigenvalue that the curvature program recorded for the first three held-out tasks
@@ -70,13 +74,14 @@ def test_curvature_power_iteration_finds_the_largest_hessian_eigenvalue(saved_ru
         assert abs(recorded[t] - want.max()) <= 1e-3 * abs(want.max()), (t, recorded[t], want.max())
 
 
+@pytest.mark.slow
 def test_curvature_counts_the_tasks_that_experiment_py_found_worse(saved_runs, curvature_run):
     """For every K and run, the tasks that the curvature program found ending worse (MSE after
     10 steps above the MSE before) are as many as experiment.py's own evaluation counted in
     results.json: the program redraws the same held-out tasks and adapts with the same step
     sizes. Some task did end worse, so the comparison is not of two zeros."""
     data, _ = curvature_run
-    results = report.read_json(saved_runs / "code" / "results.json")
+    results = program.read_json(saved_runs / "code" / "results.json")
     theirs = {c["k"]: [run["worse"] for run in c["runs"]]
               for c in results["cells"] if c["model"] == "MAML"}
     ours = {k["k"]: [run["counts"]["worse"] for run in k["runs"]]
@@ -85,6 +90,7 @@ def test_curvature_counts_the_tasks_that_experiment_py_found_worse(saved_runs, c
     assert sum(map(sum, ours.values())) > 0, ours
 
 
+@pytest.mark.slow
 def test_curvature_json_holds_every_task_and_its_table(curvature_run):
     """The JSON has, per K, one record per seed with one eigenvalue per held-out task; its counts
     agree with its per-task data (the eigenvalues above 2 / step size, the tasks listed as worse,
@@ -105,47 +111,22 @@ def test_curvature_json_holds_every_task_and_its_table(curvature_run):
     assert text == curvature.render(data)
 
 
-def test_benchmark_quick_run_times_both_loops_which_train_alike(tmp_path, capsys):
-    """`python -m studies.bench` in its quick mode (1 round of 200 steps at the paper's setting,
-    the two loops of maml.py alone): each loop ran in a fresh process and has one positive,
-    finite time; both trained on the same batches, so they end at the same loss, to 1e-3
-    relative (float32 sums in another order; another batch would differ by ~10%); the peers were
-    not run, so every target reads 'not measured'; the markdown is the JSON's rendering, and
-    the command it records, read back by the script's own parser, asks for this run."""
-    argv = ["--rounds", "1", "--steps", "200", "--only", "train,loop", "--settings", "paper",
-            "--no-costs", "--out", str(tmp_path / "bench.json")]
-    bench.main(argv)
-    assert "FAILED" not in capsys.readouterr().out
-    data = report.read_json(tmp_path / "bench.json")
-    timed = data["ms_per_step"]
-    assert set(timed) == {"train", "loop"} and set(data["settings"]) == {"paper"}
-    for t in (timed["train"]["paper"], timed["loop"]["paper"]):
-        assert len(t["rounds"]) == 1 and math.isfinite(t["median"]) and t["median"] > 0, t
-    losses = [timed[key]["paper"]["final_loss"][0] for key in ("train", "loop")]
-    assert math.isclose(*losses, rel_tol=1e-3), losses
-    assert {t["result"] for t in data["targets"]} == {"not measured"}
-    assert (tmp_path / "bench.md").read_text() == bench.render(data)
-    words = data["command"].split()  # python -m studies.bench ... --out <a path>
-    again = bench.parse_args(words[3:words.index("--out")])
-    assert (again.rounds, again.steps, again.only, again.settings, again.no_costs) == \
-        (1, 200, "train,loop", "paper", True)
-
-
+@pytest.mark.slow
 def test_runs_at_once_quick_run_measures_each_size(tmp_path):
     """`python -m studies.runs_at_once` for 1 and 2 runs of 60 steps on 2 held-out tasks, one
     round: one entry per size, in order, each from a whole experiment.py that took longer than
     its own timed steps (the fixed part is positive: a time read in the wrong unit would break
     this), and the markdown is the JSON's rendering."""
-    out = tmp_path / "runs.json"
+    out = tmp_path / "runs"
     runs_at_once.main(["--sizes", "1,2", "--steps", "60", "--rounds", "1", "--eval-tasks", "2",
                        "--out", str(out)])
-    data = report.read_json(out)
+    data = program.read_json(out / "runs_at_once.json")
     assert [s["runs"] for s in data["sizes"]] == [1, 2]
     for s in data["sizes"]:
         assert len(s["rounds"]) == 1 and s["ms_per_step"] > 0
         assert s["wall_s"] > data["steps"] * s["ms_per_step"] / 1e3
         assert s["fixed_s"] > 0
-    assert out.with_suffix(".md").read_text() == runs_at_once.render(data)
+    assert (out / "runs_at_once.md").read_text() == runs_at_once.render(data)
 
 
 def test_the_recorded_command_names_no_path_of_this_machine():
@@ -162,7 +143,7 @@ def test_the_recorded_command_names_no_path_of_this_machine():
     assert via_env == "TORCH_PYTHON=<a Python with torch> python -m studies.bench"
 
 
-COMMITTED = [("benchmark", bench), ("runs_at_once", runs_at_once), ("mutation", mutation)]
+COMMITTED = [("runs_at_once", runs_at_once), ("mutation", mutation), ("comparison", compare)]
 
 
 @pytest.mark.parametrize("name, script", COMMITTED, ids=[name for name, _ in COMMITTED])
@@ -170,54 +151,30 @@ def test_committed_tables_are_rendered_from_their_json(name, script):
     """figures/NAME.md is what the script renders from figures/NAME.json (neither was edited
     alone), and the command recorded in it runs that script and names no absolute path: it says
     how to remake the result, not where it was made."""
-    data = report.read_json(os.path.join(FIGURES, name + ".json"))
+    data = program.read_json(os.path.join(FIGURES, name + ".json"))
     with open(os.path.join(FIGURES, name + ".md")) as f:
         assert f.read() == script.render(data)
     assert f"python -m {script.__name__}" in data["command"]
     assert not re.search(r"(^|[\s=])/", data["command"]), data["command"]
 
 
-def test_performance_page_sentences_about_runs_at_once_hold():
-    """The Performance page's section on several runs at once, against the committed
-    figures/runs_at_once.json: the sizes are 1, 4 and 16; the page quotes the measured range of
-    a run-step's time against one run's, one run's fixed part and 16 runs' (which grows far slower
+def test_performance_page_states_the_runs_at_once_numbers():
+    """The Performance page's numbers on several runs at once are those of the committed
+    figures/runs_at_once.json, to the digits the page gives: the range of a run-step's time at 4
+    and 16 runs against one run's, the fixed part of one run and of 16 (which grows far slower
     than N: under 5 times one run's for 16 times the runs), and the full-run ratios (at once /
-    separately) of 4 and 16 runs, each as the JSON has it, to the digits the page gives."""
-    data = report.read_json(os.path.join(FIGURES, "runs_at_once.json"))
+    separately) of 4 and 16 runs."""
+    data = program.read_json(os.path.join(FIGURES, "runs_at_once.json"))
     with open(os.path.join(program.ROOT, "docs", "performance.md")) as f:
-        page = " ".join(f.read().split())  # the sentences, whatever the line breaks
-    section = page[page.index("## Several runs at once"):page.index("## The benchmark script")]
+        stated = numbers_in(f.read())
     sizes = {s["runs"]: s for s in data["sizes"]}
     assert sorted(sizes) == [1, 4, 16]
-    per_run = [sizes[n]["ms_per_run_step"] for n in (4, 16)]
-    assert (f"a run-step cost {min(per_run):.2f} to {max(per_run):.2f} ms against one run's "
-            f"{sizes[1]['ms_per_run_step']:.2f}") in section
-    assert f"about {sizes[1]['fixed_s']:.0f} s for one run" in section
-    assert f"to {sizes[16]['fixed_s']:.0f} s for 16 runs" in section
     assert sizes[16]["fixed_s"] < 5 * sizes[1]["fixed_s"]
-    ratios = [sizes[n]["at_once_over_separately"] for n in (4, 16)]
-    assert f"{ratios[0]:.2f} of it for 4 runs, {ratios[1]:.2f} for 16" in section
-
-
-def test_from_2019_page_quotes_the_committed_speedups():
-    """The From 2019 page's speed-ups are those of the committed figures/benchmark.json (each the
-    median of the rounds' ratios), to the digits the page gives: the training loop and the
-    copy-paste loop against the blog as written and the careful port, at both settings."""
-    speedups = report.read_json(os.path.join(FIGURES, "benchmark.json"))["speedups"]
-    with open(os.path.join(program.ROOT, "docs", "from-2019.md")) as f:
-        page = " ".join(f.read().split())  # the sentences, whatever the line breaks
-
-    def x(ours, baseline, setting):
-        return speedups[ours][setting][baseline]["median"]
-    assert (f"the training loop is {x('train', 'blog as written', 'paper'):.1f} times (paper "
-            f"setting) and {x('train', 'blog as written', 'blog'):.1f} times (blog setting) "
-            f"faster than the blog's loop as written, and "
-            f"{x('train', 'careful port', 'paper'):.1f} and "
-            f"{x('train', 'careful port', 'blog'):.1f} times faster than the careful port") in page
-    assert (f"is {x('loop', 'blog as written', 'paper'):.1f} and "
-            f"{x('loop', 'blog as written', 'blog'):.1f} times faster than the blog as written, "
-            f"and {x('loop', 'careful port', 'paper'):.2f} and "
-            f"{x('loop', 'careful port', 'blog'):.2f} times as fast as the careful port") in page
+    per_run = [sizes[n]["ms_per_run_step"] for n in (4, 16)]
+    want = [f"{min(per_run):.2f}", f"{max(per_run):.2f}", f"{sizes[1]['ms_per_run_step']:.2f}",
+            f"{sizes[1]['fixed_s']:.0f}", f"{sizes[16]['fixed_s']:.0f}",
+            *(f"{sizes[n]['at_once_over_separately']:.2f}" for n in (4, 16))]
+    assert set(want) <= stated, set(want) - stated
 
 
 def test_mutation_testing_unrolls_a_decorator_into_the_same_function():
@@ -236,7 +193,7 @@ def test_every_mutant_the_tests_do_not_kill_is_explained():
     """figures/mutation.json: the runs before and after cover the same mutants; every one that the
     last run's tests did not kill has its reason on record (it computes the same numbers), and
     every change planted by hand outside a function was caught."""
-    data = report.read_json(os.path.join(FIGURES, "mutation.json"))
+    data = program.read_json(os.path.join(FIGURES, "mutation.json"))
     runs = list(data["runs"].values())
     assert runs[0]["outcomes"].keys() == runs[-1]["outcomes"].keys()
     missed = [name for name, status in runs[-1]["outcomes"].items() if status != "killed"]
@@ -247,13 +204,12 @@ def test_every_mutant_the_tests_do_not_kill_is_explained():
 def test_testing_page_states_the_mutation_runs_count_and_version():
     """The Testing page's count of mutants and mutmut's version are those of figures/mutation.json,
     and the page includes its table."""
-    data = report.read_json(os.path.join(FIGURES, "mutation.json"))
+    data = program.read_json(os.path.join(FIGURES, "mutation.json"))
     with open(os.path.join(program.ROOT, "docs", "testing.md")) as f:
-        page = " ".join(f.read().split())
+        page = f.read()
     last = list(data["runs"].values())[-1]
-    assert f"once for each of the {len(last['outcomes'])} mutants" in page
-    assert f"install mutmut {last['machine']['mutmut']} beside" in page
-    assert f"pip install mutmut=={last['machine']['mutmut']}" in page
+    assert str(len(last["outcomes"])) in numbers_in(page)
+    assert page.split("mutmut==")[1].startswith(last["environment"]["mutmut"])  # to install
     assert '--8<-- "figures/mutation.md"' in page
 
 
@@ -269,3 +225,49 @@ def test_mutation_refuses_a_work_folder_it_would_wrongly_empty(where, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and err[-1].startswith("python -m studies.mutation: error: --work: ")
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+# ---- the command line every program shares (machinery/program.py) ------------------------------
+
+PROGRAMS = ["compare", "curvature", "distributed", "mutation", "plateau", "runs_at_once",
+            "sharding", "variants"]
+
+
+def files(folder):
+    """Every file under a folder, with the time it was last written."""
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_help_exits_0_and_writes_nothing(name, tmp_path):
+    """--help, from an empty folder with the repository on the path (a program that wrote its
+    default --out, figures, would write it there): exit 0, the usage, and nothing written there
+    or in the repository's figures/."""
+    before = files(ROOT / "figures")
+    run = subprocess.run([sys.executable, "-m", f"studies.{name}", "--help"], cwd=tmp_path,
+                         env=cpu_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith(f"usage: python -m studies.{name}"), run.stdout[:200]
+    assert list(tmp_path.iterdir()) == [] and files(ROOT / "figures") == before
+
+
+def test_compare_makes_its_out_folder_and_writes_the_committed_table_there(tmp_path):
+    """--out is a folder, made when the first file is written (two levels here): comparison.json,
+    comparison.md (the committed table, but for the command it records) and runs.png."""
+    out = tmp_path / "a" / "b"
+    compare.main(["--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["comparison.json", "comparison.md", "runs.png"]
+    committed = (ROOT / "figures" / "comparison.md").read_text()
+    assert (out / "comparison.md").read_text() == committed.replace(
+        "`python -m studies.compare`", "`python -m studies.compare --out <a path>`")
+
+
+def test_an_out_that_is_a_file_stops_in_one_line_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(SystemExit) as stop:
+        compare.main(["--out", str(tmp_path / "taken" / "x")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and "--out" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
