@@ -191,9 +191,9 @@ def included_lines(file, section):
     lines = (ROOT / file).read_text().splitlines()
     if section is None:
         return lines
-    start = next(i for i, ln in enumerate(lines) if MARKER.search(ln) and f"[start:{section}]" in ln)
-    end = next(i for i, ln in enumerate(lines) if MARKER.search(ln) and f"[end:{section}]" in ln)
-    return lines[start + 1:end]
+    marks = {m["kind"]: i for i, ln in enumerate(lines) for m in MARKER.finditer(ln) if m["name"] == section}
+    # a missing section is test_every_snippet_include_names_an_existing_file_and_section's failure
+    return lines[marks["start"] + 1:marks["end"]] if len(marks) == 2 else []
 
 
 def test_every_included_python_line_fits_the_code_column():
