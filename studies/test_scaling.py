@@ -48,15 +48,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_with_half_the_tasks_each_train_like_one_process(tmp_path):
-    """Two processes on 127.0.0.1 join with jax.distributed.initialize (CPU, gloo), one device
-    each, and run studies/distributed.py's 5 `maml.step`s, each holding 13 of every meta-batch's 26
-    tasks. Both must end with the losses and parameters of this process running the same 5 steps
-    on all 26 tasks on one device, within rtol 1e-5 and atol 1e-6 (float32 sums in another order).
-    Both processes are stopped in all cases: when done, when one fails, or after 120 s."""
+def run_two_processes(tmp_path, out):
+    """studies/distributed.py as processes 0 and 1 of two, writing into `out`: their exit codes
+    and the tails of their logs. Both are stopped in all cases: when done, when one fails, or
+    after TIME_LIMIT_S."""
     port, procs, logs = free_port(), [], [tmp_path / f"process{p}.log" for p in range(2)]
-    out = tmp_path / "results"  # not there yet: the processes make it
     deadline = time.monotonic() + TIME_LIMIT_S
     try:
         for p in range(2):
@@ -81,35 +77,50 @@ def test_two_processes_with_half_the_tasks_each_train_like_one_process(tmp_path)
                       for p, proc in enumerate(procs))
     assert not hung or any(proc.returncode > 0 for proc in procs), \
         f"process {hung} did not finish within {TIME_LIMIT_S} s and was stopped\n{tails}"
-    assert [proc.returncode for proc in procs] == [0, 0], tails
-    results = [dict(np.load(out / f"process{p}.npz")) for p in range(2)]
+    return [proc.returncode for proc in procs], tails
 
-    r = results[0]
-    n_tasks, k, steps = int(r["n_tasks"]), int(r["k"]), int(r["steps"])
-    assert (n_tasks, steps) == (26, 5)
-    for p, result in enumerate(results):
-        assert (result["process_index"], result["process_count"], result["device_count"]) == (p, 2, 2)
-    # Each process held its own half of the tasks, and together all of them.
-    np.testing.assert_array_equal(results[0]["rows"], np.arange(0, n_tasks // 2))
-    np.testing.assert_array_equal(results[1]["rows"], np.arange(n_tasks // 2, n_tasks))
 
-    # The reference: this process, one device, every task of the same batches. On the CPU, as the
-    # two processes: a GPU may round float32 matmuls differently (TF32), which is not our question.
+def one_process(init_seed, task_seed, steps, n_tasks, k):
+    """The reference: this process, one device, every task of the same batches: every step's
+    loss and the final parameters. On the CPU, as the two processes: a GPU may round float32
+    matmuls differently (TF32), which is not our question."""
     import jax
     from jax import random
 
     import maml
     with jax.default_device(jax.devices("cpu")[0]):
-        _, params = maml.net_init(random.PRNGKey(int(r["init_seed"])), (-1, 1))
+        _, params = maml.net_init(random.PRNGKey(init_seed), (-1, 1))
         opt_state, losses = maml.opt_init(params), []
-        keys = np.asarray(random.split(random.PRNGKey(int(r["task_seed"])), steps))
+        keys = np.asarray(random.split(random.PRNGKey(task_seed), steps))
         for i in range(steps):
-            batch = maml.sample_tasks(keys[i], n_tasks, k)
-            opt_state, loss = maml.step(i, opt_state, *batch)
+            opt_state, loss = maml.step(i, opt_state, *maml.sample_tasks(keys[i], n_tasks, k))
             losses.append(loss)
-    want = jax.tree.leaves(maml.get_params(opt_state))
+    return np.array(losses), jax.tree.leaves(maml.get_params(opt_state))
+
+
+@pytest.mark.slow
+def test_two_processes_with_half_the_tasks_each_train_like_one_process(tmp_path):
+    """Two processes on 127.0.0.1 join with jax.distributed.initialize (CPU, gloo), one device
+    each, and run studies/distributed.py's 5 `maml.step`s, each holding 13 of every meta-batch's 26
+    tasks, into an --out folder they make. Both must end with the losses and parameters of this
+    process running the same 5 steps on all 26 tasks on one device, within rtol 1e-5 and atol 1e-6
+    (float32 sums in another order)."""
+    out = tmp_path / "results"  # not there yet: the processes make it
+    codes, tails = run_two_processes(tmp_path, out)
+    assert codes == [0, 0], tails
+    results = [dict(np.load(out / f"process{p}.npz")) for p in range(2)]
+    r = results[0]
+    n_tasks, k, steps = int(r["n_tasks"]), int(r["k"]), int(r["steps"])
+    assert (n_tasks, steps) == (26, 5)
     for p, result in enumerate(results):
-        np.testing.assert_allclose(result["losses"], np.array(losses), rtol=RTOL, atol=ATOL,
+        assert (result["process_index"], result["process_count"], result["device_count"]) == \
+            (p, 2, 2)
+    # Each process held its own half of the tasks, and together all of them.
+    np.testing.assert_array_equal(results[0]["rows"], np.arange(0, n_tasks // 2))
+    np.testing.assert_array_equal(results[1]["rows"], np.arange(n_tasks // 2, n_tasks))
+    losses, want = one_process(int(r["init_seed"]), int(r["task_seed"]), steps, n_tasks, k)
+    for p, result in enumerate(results):
+        np.testing.assert_allclose(result["losses"], losses, rtol=RTOL, atol=ATOL,
                                    err_msg=f"losses of process {p}")
         for j, w in enumerate(want):
             np.testing.assert_allclose(result[f"param_{j}"], w, rtol=RTOL, atol=ATOL,
