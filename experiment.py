@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import jit, lax, random, vmap
-from jax.tree_util import tree_leaves, tree_map
+from jax.tree_util import tree_leaves, tree_map, tree_structure
 
-from machinery import preflight, program, report
+from machinery import checkpoint, preflight, program, report
 from maml import (get_params, inner_update, loss, net_init, opt_init, opt_update, sample_sinusoids,
                   sample_tasks, step)
 
@@ -121,36 +121,49 @@ def compile_training(step_fn, params, setup, runs):
 
 
 # -8<- [start:train]
-def train(compiled, params, keys, setup, name, log=print, resume=None):
+def train(compiled, params, keys, setup, name, log=print, resume=None, at_chunk=None):
     """Train params (a leading run axis on every leaf) for setup["steps"] steps, run r on the task
     stream of keys[r], showing progress: the trained params, every step's loss (steps, runs), and
     the steady seconds per step of all runs. Stops (exit 1) when a loss is not a finite number.
-    resume=(opt_state, offset) goes on from an optimizer state, its steps numbered from offset,
-    and gives back the optimizer state in place of the params, to go on again (studies.plateau)."""
+    resume=(opt_state, offset, losses) goes on from an optimizer state, its steps numbered from
+    offset (studies.plateau trains a second block), after the first len(losses) steps of this
+    stream (a checkpoint's); it then gives back the optimizer state in place of the params.
+    at_chunk(opt_state, done, losses) is called after every chunk: the checkpoint."""
     n_steps, spans = setup["steps"], chunks(setup["steps"])
     all_keys = step_keys(keys, n_steps)  # run r, step i: sample_tasks(all_keys[i, r], ...)
-    every = -(-len(spans) // 20)  # a progress line every `every` chunks: about 20 in all
-    opt_state, offset = (vmap(opt_init)(params), 0) if resume is None else resume
-    losses = []
+    opt_state, offset, losses = (vmap(opt_init)(params), 0, []) if resume is None else resume
+    losses = [np.asarray(losses)] if len(losses) else []
+    done = first = len(losses[0]) if losses else 0
     t0 = t_steady = time.perf_counter()
-    for c, (a, b) in enumerate(spans):
+    for c, (a, b) in enumerate((a, b) for a, b in spans if b > done):
         if c == 1:  # the first chunk warms up the runtime; time the steady state after it
-            t_steady = time.perf_counter()
+            t_steady, first = time.perf_counter(), a
         opt_state, chunk_losses = compiled[b - a](opt_state, all_keys[a:b], np.arange(
             offset + a, offset + b, dtype=np.int32), setup["amp_range"], setup["alpha"])
         losses.append(np.asarray(chunk_losses))  # waits for the chunk: the progress line is honest
-        if not np.all(np.isfinite(losses[-1])):
-            bad, run = np.argwhere(~np.isfinite(losses[-1]))[0]
-            which = f"{name} (run {run})" if len(keys) > 1 else name
-            sys.exit(f"experiment.py: {which} diverged at step {offset + a + bad} (loss is "
-                     f"{losses[-1][bad, run]}); nothing was written. Try a smaller --alpha.")
-        elapsed = time.perf_counter() - t0
-        if (c + 1) % every == 0 or b == n_steps:
-            log(f"{name}: step {b:>7,}/{n_steps:,}  loss {losses[-1].mean():8.4f}  "
-                f"{b / elapsed:8,.0f} steps/s  {elapsed * (n_steps - b) / b:5.1f} s left")
-    first = spans[0][1]
-    steady = math.nan if n_steps <= first else (time.perf_counter() - t_steady) / (n_steps - first)
+        stop_if_diverged(losses[-1], name, offset + a, len(keys))
+        progress(log, name, b, n_steps, losses[-1], (b - done) / (time.perf_counter() - t0),
+                 (c + 1) % -(-len(spans) // 20) == 0)  # a line every 1/20 of the run
+        if at_chunk is not None:
+            at_chunk(opt_state, b, np.concatenate(losses))
+    steady = (time.perf_counter() - t_steady) / (n_steps - first) if first > done else math.nan
     return (get_params(opt_state) if resume is None else opt_state), np.concatenate(losses), steady
+
+
+def stop_if_diverged(losses, name, first_step, runs):
+    """Exit 1, in one line, if a loss of the chunk (steps, runs) is not a finite number."""
+    if not np.all(np.isfinite(losses)):
+        bad, run = np.argwhere(~np.isfinite(losses))[0]
+        which = f"{name} (run {run})" if runs > 1 else name
+        sys.exit(f"experiment.py: {which} diverged at step {first_step + bad} (loss is "
+                 f"{losses[bad, run]}); nothing was written. Try a smaller --alpha.")
+
+
+def progress(log, name, step, n_steps, losses, per_s, due):
+    """The progress line, when it is due and at the end."""
+    if due or step == n_steps:
+        log(f"{name}: step {step:>7,}/{n_steps:,}  loss {losses.mean():8.4f}  "
+            f"{per_s:8,.0f} steps/s  {(n_steps - step) / per_s:5.1f} s left")
 # -8<- [end:train]
 
 
@@ -245,6 +258,10 @@ def run_keys(seed, runs):
 # -8<- [end:parse_args]
 
 
+# The code a checkpoint's numbers depend on beyond the flags: another version refuses to resume.
+CODE = [SETUPS, EVAL_KS, EVAL_STEPS, code_init, stax_init, pretrain_loss]
+
+
 # -8<- [start:compile_evaluation]
 def compile_evaluation(setup, args):
     """The evaluation's programs (drawing the held-out tasks, adapting every run to them),
@@ -262,42 +279,59 @@ def compile_evaluation(setup, args):
 
 
 # -8<- [start:train_both]
-def train_both(ap, args, setup, init, streams):
+def train_both(ap, args, setup, init, streams, stopper):
     """Compile both training loops and the evaluation, stop if they cannot fit in memory, then
-    train MAML and the baseline, each on its own task stream (streams: their keys per run)."""
-    t0 = time.perf_counter()
+    train MAML and the baseline, each on its own task stream (streams: their keys per run), from
+    the checkpoint in --out if --resume finds one, saving one after every chunk."""
+    t0, mark = time.perf_counter(), checkpoint.fingerprint(args, setup, CODE)
+    states = jax.eval_shape(vmap(opt_init), init)
+    saved = checkpoint.open_run(ap.error, args.out, mark, {name: tree_structure(states) for name in
+                                                           ("MAML", "pretrained")}, args.resume)
     preflight.check_tasks(ap.error, args, setup, max(b - a for a, b in chunks(setup["steps"])))
     compiled = {name: compile_training(fn, tree_map(lambda a: a[0], init), setup, args.seeds)
                 for name, fn in (("MAML", step), ("pretrained", pretrain_step))}
     preflight.check_compiled(ap.error, args, setup, [
         c for loops in compiled.values() for c in loops.values()], compile_evaluation(setup, args))
     print(f"compiled in {time.perf_counter() - t0:.1f} s; memory checked")
+    stopper.stop_if_asked("experiment.py: stopped before training; nothing was written")
+    checkpoint.begin(ap.error, args.out)
     params, losses, per_step = {}, {}, {}
     for name, keys in zip(compiled, streams):
-        params[name], losses[name], per_step[name] = train(compiled[name], init, keys, setup, name)
+        opt_state, _, done = saved.get(name, (vmap(opt_init)(init), 0, []))
+        opt_state, losses[name], per_step[name] = train(
+            compiled[name], None, keys, setup, name, resume=(opt_state, 0, done),
+            at_chunk=checkpoint.saver(args, mark, saved, name, stopper))
+        params[name] = get_params(opt_state)
     ms = 1e3 * per_step["MAML"]
-    print(f"meta-training: {ms:.3f} ms per meta-step" + (
-        f" of {args.seeds} runs, {ms / args.seeds:.3f} ms per run-step" if args.seeds > 1 else "")
-        + " (steady state: compile and first chunk excluded)")
+    print("meta-training: " + ("resumed, not timed" if math.isnan(ms) else f"{ms:.3f} ms per "
+          "meta-step" + (f" of {args.seeds} runs, {ms / args.seeds:.3f} ms per run-step"
+                         if args.seeds > 1 else "") + " (steady state: compile, first chunk out)"))
     return params, losses, ms
+
+
 # -8<- [end:train_both]
 
 
 # -8<- [start:main]
 def main(argv=None):
-    args, setup, ap = parse_args(argv)
+    with checkpoint.Stopper() as stopper:
+        run(*parse_args(argv), stopper)
+
+
+def run(args, setup, ap, stopper):
     runs = f"{args.seeds} runs (seeds {args.seed}-{args.seed + args.seeds - 1})" \
         if args.seeds > 1 else f"seed {args.seed}"
     print(f"MAML, {args.setup} setup: {setup['steps']:,} steps of {setup['tasks']:,} tasks, "
           f"K = {setup['k']:,}, alpha = {setup['alpha']:g}, amplitude U{list(setup['amp_range'])}; "
           f"{runs}; {jax.devices()[0].platform}")
     k_init, k_maml, k_base, k_val, k_test = run_keys(args.seed, args.seeds)
-    params, losses, ms = train_both(ap, args, setup, vmap(INITS[setup["init"]])(k_init),
-                                    (k_maml, k_base))
-    test, curves, step_sizes = evaluate(params, setup, args, (k_val[0], k_test[0]))
+    with checkpoint.removed_on_failure(args.out):
+        params, losses, ms = train_both(ap, args, setup, vmap(INITS[setup["init"]])(k_init),
+                                        (k_maml, k_base), stopper)
+        test, curves, step_sizes = evaluate(params, setup, args, (k_val[0], k_test[0]))
     paper = setup["amp_range"] == SETUPS["paper"]["amp_range"]  # the paper's tasks, its numbers
     results = report.results_data(
-        command=program.command("experiment.py", sys.argv[1:] if argv is None else argv),
+        command=program.command("experiment.py", args.argv),
         setup_name=args.setup, setup=setup, eval_tasks=args.eval_tasks, eval_steps=EVAL_STEPS,
         seeds=list(range(args.seed, args.seed + args.seeds)),
         paper=PAPER_MSE_K5 if paper else None,
@@ -306,18 +340,8 @@ def main(argv=None):
         inner_steps, static_argnames="n_steps"))
     print("\n" + table.split("\n", 1)[1], end="")
     print(f"figures, params.npz, results.json and results.txt written to {args.out}/")
-    plateau_hint(results["training"]["MAML"], setup)
-
-
-def plateau_hint(training, setup):
-    """One line when a run of MAML never left the plateau its training loss starts on: its
-    numbers are those of a model that has not begun to meta-learn, not a bad result of MAML."""
-    stuck = [r for r, s in enumerate(training["leaves_plateau"]) if s is None]
-    if stuck:
-        which = "the run" if len(training["leaves_plateau"]) == 1 else f"runs {stuck}"
-        print(f"note: MAML's training loss in {which} is still above half its start after "
-              f"{setup['steps']:,} steps (still on its starting plateau): train longer with "
-              "--steps, or see why on the Results page, 'The slow runs'")
+    checkpoint.remove(args.out)  # finished: the results are the record
+    print(*report.plateau_note(results), sep="", end="")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ what the device has). Each stops the program within seconds with one line naming
 """
 import math
 import os
+import sys
 
 from machinery import program
 from machinery.program import checked
@@ -50,7 +51,11 @@ def parse_args(argv, setups, default):
     ap.add_argument("--out", metavar="DIR", help="folder for the figures, results.json, "
                     "results.txt and params.npz, created when missing (runs/SETUP-seedS, which "
                     "git ignores; the committed results are remade with --out figures/...)")
+    ap.add_argument("--resume", action="store_true", help="go on from the checkpoint in --out "
+                    "of a run with the same flags, if there is one; start if there is none")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
+    args.argv = [word for word in argv if word != "--resume"]  # the command of the results
     args.out = args.out or os.path.join("runs", f"{args.setup}-seed{args.seed}")
     check_args(ap, args)
     setup, args.defaults = dict(setups[args.setup]), setups[args.setup]

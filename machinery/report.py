@@ -269,6 +269,19 @@ def training_lines(results):
     return lines
 
 
+def plateau_note(results):
+    """A line (or none) for a run whose MAML never left the plateau its training loss starts on:
+    its numbers are those of a model that has not begun to meta-learn, not a bad result of MAML."""
+    leaves = results["training"]["MAML"]["leaves_plateau"]
+    stuck = [r for r, s in enumerate(leaves) if s is None]
+    if not stuck:
+        return []
+    which = "the run" if len(leaves) == 1 else f"runs {', '.join(map(str, stuck))}"
+    return [f"note: MAML's training loss in {which} is still above half its start after "
+            f"{results['setup']['steps']:,} steps (still on its starting plateau): train longer "
+            "with --steps, or see why on the Results page, 'The slow runs'\n"]
+
+
 def render(results):
     """The text table of a run, from its results data alone."""
     lines = table_rows(results) + runaway_lines(results) + task_lines(results)

@@ -47,6 +47,20 @@ def numbers_in(text):
     return set(re.findall(r"\d+(?:,\d{3})*(?:\.\d+)?(?:e[+-]?\d+)?", text))
 
 
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory):
+    """One persistent XLA compilation cache for every `python experiment.py` the tests start: the
+    first run compiles (seconds), the later ones load its executables. The programs computed are
+    unchanged."""
+    return str(tmp_path_factory.mktemp("xla-cache"))
+
+
+def experiment_env(cache):
+    """cpu_env for `python experiment.py`, with the shared compilation cache."""
+    return cpu_env(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
 def ks_truncated_normal(values, bound=2.0):
     """Kolmogorov-Smirnov statistic of values against a standard normal truncated at +-bound."""
     def phi(x):

@@ -3,7 +3,6 @@
 The algorithm's own claims (derivatives, batching, the sampler) are in test_maml.py.
 """
 import json
-import math
 import os
 import re
 import subprocess
@@ -21,8 +20,7 @@ import experiment
 import maml
 from machinery import preflight, report
 
-from studies.conftest import ROOT, cpu_env, ks_truncated_normal
-HERE = str(ROOT)
+from studies.conftest import ROOT, experiment_env, ks_truncated_normal
 
 
 # ---- the training loop -------------------------------------------------------------------------
@@ -270,18 +268,9 @@ def test_the_training_refusal_compares_xlas_count_with_the_memory_available(monk
 
 # ---- the command line --------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def compile_cache(tmp_path_factory):
-    """One persistent XLA compilation cache for every `python experiment.py` the tests start: the first run
-    compiles (seconds), the later ones load its executables. The programs computed are unchanged."""
-    return str(tmp_path_factory.mktemp("xla-cache"))
-
-
 def run_cli(cache, *args, timeout=300):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    return subprocess.run([sys.executable, os.path.join(HERE, "experiment.py"), *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=HERE, env=env)
+    return subprocess.run([sys.executable, "experiment.py", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, env=experiment_env(cache))
 
 
 def table_lines(stdout):
@@ -485,7 +474,7 @@ def test_a_closed_pipe_ends_the_run_quietly_with_exit_141(compile_cache, tmp_pat
     """`python experiment.py | head -1`: the reader goes after one line. The program ends with
     exit 141 (the shell's code for a closed pipe, which the Running page lists and no other
     outcome uses: 1 is a diverged run, 2 a refusal) and no traceback on stderr."""
-    env = cpu_env(JAX_COMPILATION_CACHE_DIR=compile_cache)
+    env = experiment_env(compile_cache)
     run = subprocess.Popen([sys.executable, "experiment.py", "--steps", "200", "--eval-tasks", "20",
                             "--out", str(tmp_path / "run")], cwd=ROOT, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -505,7 +494,7 @@ def test_the_readme_commands_leave_git_status_clean(compile_cache, tmp_path):
     and __pycache__ are ignored too)."""
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    env = cpu_env(JAX_COMPILATION_CACHE_DIR=compile_cache)
+    env = experiment_env(compile_cache)
     run = subprocess.run([sys.executable, "experiment.py", "--steps", "200", "--eval-tasks", "20"],
                          cwd=clone, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
