@@ -227,6 +227,23 @@ def test_the_running_page_lists_exactly_the_keys_of_results_json():
     assert on_page == keys, f"only on the page: {on_page - keys}; only in the JSON: {keys - on_page}"
 
 
+def test_the_flag_table_gives_each_setting_s_defaults():
+    """The defaults column of docs/running.md's flag table: paper / code / blog values of the
+    setting's flags as experiment.SETUPS has them, and the argparse defaults of the others."""
+    import experiment
+
+    rows = dict(re.findall(r"^\| `(--[\w-]+)(?: [A-Z]+)?` \| ([^|]+) \|", (DOCS / "running.md").read_text(), re.M))
+    for flag in ("steps", "tasks", "k", "alpha"):
+        shown = [float(v.replace(",", "")) for v in rows[f"--{flag}"].split(" / ")]
+        assert shown == [experiment.SETUPS[s][flag] for s in ("paper", "code", "blog")], (flag, shown)
+    args, _, _ = experiment.parse_args([])
+    for flag, value in (("--setup", args.setup), ("--seed", args.seed), ("--seeds", args.seeds),
+                        ("--eval-tasks", args.eval_tasks)):
+        assert rows[flag].strip().strip("`").replace(",", "") == str(value), (flag, rows[flag])
+    assert rows["--out"].strip().strip("`") == "runs/SETUP-seedS"
+    assert args.out.replace("\\", "/") == f"runs/{args.setup}-seed{args.seed}"
+
+
 def nav_pages():
     """The pages named in the nav of mkdocs.yml (read as text: the file uses MkDocs' own YAML tags)."""
     text = (ROOT / "mkdocs.yml").read_text()
