@@ -244,6 +244,35 @@ def test_the_flag_table_gives_each_setting_s_defaults():
     assert args.out.replace("\\", "/") == f"runs/{args.setup}-seed{args.seed}"
 
 
+def headings_and_content(text):
+    """(level, title, has text before the next heading) of a Markdown page, fenced code skipped."""
+    found, fence = [], None
+    for line in text.splitlines():
+        m = FENCE.match(line)
+        if m and (fence is None or m["fence"].startswith(fence)):
+            fence = None if fence else m["fence"]
+            if found:
+                found[-1][2] = True
+            continue
+        heading = re.match(r"^(#{1,6}) (.+)$", line) if fence is None else None
+        if heading:
+            found.append([len(heading[1]), heading[2], False])
+        elif line.strip() and found:
+            found[-1][2] = True
+    return found
+
+
+def test_no_page_has_an_empty_section():
+    """Every heading has text before the next heading of its level or above."""
+    empty = []
+    for page in pages():
+        found = headings_and_content(page.read_text())
+        for (level, title, content), after in zip(found, found[1:] + [[0, None, None]]):
+            if not content and after[0] <= level:
+                empty.append(f"{page.relative_to(ROOT)}: {title}")
+    assert not empty, empty
+
+
 def nav_pages():
     """The pages named in the nav of mkdocs.yml (read as text: the file uses MkDocs' own YAML tags)."""
     text = (ROOT / "mkdocs.yml").read_text()
