@@ -258,6 +258,7 @@ def test_step_lowers_the_meta_loss_of_its_batch(network_and_tasks):
     assert after < 0.9 * before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(1, 6))
 def test_200_steps_lower_the_one_step_query_loss_of_new_tasks_whatever_the_seeds(seed):
     """The README's example, with other keys for the initialisation, the training stream and the
@@ -361,6 +362,7 @@ def test_maml_py_is_about_50_lines_of_code_and_at_most_135_in_all():
     assert 40 <= code <= 65 and total <= 135, (code, total)
 
 
+@pytest.mark.slow
 def test_maml_py_alone_in_an_empty_folder_meta_trains_and_adapts(tmp_path):
     """maml.py copied alone into an empty folder, run with 1,000 meta-steps (the default is the
     paper's 70,000): it prints its progress and a last line in which one inner_update lowers the MSE

@@ -240,14 +240,15 @@ def test_a_busy_folder_and_a_torn_checkpoint_are_refused_in_one_line(compile_cac
     is killed, a truncated checkpoint is refused too, and so is a checkpoint resumed without
     --resume or with other flags; nothing in the folder is lost."""
     out = tmp_path / "run"
-    first = start(compile_cache, out)
+    first = start(compile_cache, out, "--steps", "200000")  # long: alive while the second starts
     wait_for(out, "MAML: step", first)
     second = subprocess.run([sys.executable, "experiment.py", *RUN, "--out", str(out)],
                             cwd=ROOT, env=experiment_env(compile_cache), capture_output=True,
                             text=True, timeout=300)
+    alive = first.poll() is None
     first.kill()
     first.wait()
-    assert second.returncode == 2 and "another run is writing to" in second.stderr
+    assert alive and second.returncode == 2 and "another run is writing to" in second.stderr
     assert len(second.stderr.strip().splitlines()) == 1, second.stderr
 
     def refusal(*extra):
@@ -256,9 +257,10 @@ def test_a_busy_folder_and_a_torn_checkpoint_are_refused_in_one_line(compile_cac
                              text=True, timeout=300)
         assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
         return run.stderr
-    assert "add --resume" in refusal(*RUN)
-    assert "its steps is 400, this run's 800" in refusal(*RUN[:3], "800", *RUN[4:], "--resume")
+    long = (*RUN[:3], "200000", *RUN[4:])
+    assert "add --resume" in refusal(*long)
+    assert "its steps is 200000, this run's 400" in refusal(*RUN, "--resume")
     path = out / checkpoint.NAME
     path.write_bytes(path.read_bytes()[:100])
-    assert "truncated or corrupt" in refusal(*RUN, "--resume")
+    assert "truncated or corrupt" in refusal(*long, "--resume")
     assert os.listdir(out) == [checkpoint.NAME]

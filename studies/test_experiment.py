@@ -226,6 +226,60 @@ def test_evaluate_stops_when_adaptation_diverges_on_most_tasks():
         experiment.evaluate(params, setup, SimpleNamespace(eval_tasks=100, seeds=1), (keys[3, 0], keys[4, 0]))
 
 
+def test_evaluate_tunes_on_the_validation_tasks_and_reports_the_test_tasks(monkeypatch):
+    """The baseline's step size is chosen on the validation tasks (keys[0]) and every reported
+    curve is measured on the test tasks (keys[1]): two draws that must differ, and do. A spy on
+    tune_step_size and run_curves sees which tasks each was given; evaluating on the validation
+    tasks, or tuning on the test tasks, fails here (no other test would see it: both draws come
+    from the same distribution)."""
+    setup, keys = experiment.SETUPS["paper"], experiment.run_keys(0, 1)
+    val, test = (experiment.eval_tasks(k, 20, 10, setup["amp_range"]) for k in keys[3:5, 0])
+    assert not np.array_equal(val[0], test[0])
+    params = {name: tree_map(lambda a: a[None], experiment.stax_init(random.PRNGKey(0)))
+              for name in ("MAML", "pretrained")}
+    seen = {"tuned on": [], "reported on": [], "tuning": False}
+    tune, curves = experiment.tune_step_size, experiment.run_curves
+
+    def spy_tune(p, tasks, k, *rest):
+        seen["tuned on"].append(tasks[0])
+        seen["tuning"] = True  # its own run_curves calls are the tuning's, not the report's
+        try:
+            return tune(p, tasks, k, *rest)
+        finally:
+            seen["tuning"] = False
+
+    def spy_curves(p, tasks, k, *rest, **kw):
+        if not seen["tuning"]:
+            seen["reported on"].append(tasks[0])
+        return curves(p, tasks, k, *rest, **kw)
+    monkeypatch.setattr(experiment, "tune_step_size", spy_tune)
+    monkeypatch.setattr(experiment, "run_curves", spy_curves)
+    got, _, _ = experiment.evaluate(params, setup, SimpleNamespace(eval_tasks=20, seeds=1),
+                                    (keys[3, 0], keys[4, 0]))
+    np.testing.assert_array_equal(got[0], test[0])
+    assert len(seen["tuned on"]) == 2 and len(seen["reported on"]) == 4  # per K; per model and K
+    for x in seen["tuned on"]:
+        np.testing.assert_array_equal(x, val[0])
+    for x in seen["reported on"]:
+        np.testing.assert_array_equal(x, test[0])
+
+
+def test_every_pair_of_draws_that_must_differ_does():
+    """Run r's five streams (initial weights, MAML's tasks, the baseline's tasks, validation,
+    test) and run r + 1's are ten different keys, and what they draw differs too: the first
+    meta-batch of MAML's stream and of the baseline's, the validation and the test tasks, and
+    run 0's and run 1's first meta-batch and initial weights."""
+    keys = experiment.run_keys(0, 2)
+    assert len({tuple(k) for k in keys.reshape(-1, 2)}) == 10
+    maml_batch, base_batch = (maml.sample_tasks(k, 25, 10)[0] for k in keys[1:3, 0])
+    assert not np.array_equal(maml_batch, base_batch)
+    val, test = (experiment.eval_tasks(k, 20, 10, (0.1, 5.0))[0] for k in keys[3:5, 0])
+    assert not np.array_equal(val, test)
+    assert not np.array_equal(*(maml.sample_tasks(k, 25, 10)[0] for k in keys[1]))
+    w0, w1 = (tree_leaves(experiment.code_init(k))[0] for k in keys[0])
+    assert not np.array_equal(w0, w1)
+
+
 def test_run_keys_are_each_seeds_own_split_and_other_seeds_give_other_keys():
     """Run r's five keys are random.split(PRNGKey(seed + r), 5): run 0 of several is the single
     run of the same seed, and no two runs or seeds share a key."""
@@ -293,6 +347,7 @@ def cell(results, k, name):
     return next(c for c in results["cells"] if c["k"] == k and c["model"] == name)["runs"][0]
 
 
+@pytest.mark.slow
 def test_a_meta_trained_model_adapts_better_than_a_pretrained_one(short_run):
     """After 1,000 meta-steps, one gradient step on K = 5 points gives MAML a held-out MSE below the
     baseline's (trained as long, step size tuned), with disjoint 95% intervals over 200 tasks, and
@@ -307,6 +362,7 @@ def test_a_meta_trained_model_adapts_better_than_a_pretrained_one(short_run):
         assert m + m_ci < b - b_ci and m < 0.75 * b, (k, m, m_ci, b, b_ci)
 
 
+@pytest.mark.slow
 def test_cli_writes_valid_pngs_and_the_results_table(short_run):
     import matplotlib.image
 
@@ -331,6 +387,7 @@ def test_cli_writes_valid_pngs_and_the_results_table(short_run):
     assert re.search(r"meta-training: \d+\.\d+ ms per meta-step", result.stdout)
 
 
+@pytest.mark.slow
 def test_cli_same_seed_prints_the_same_numbers(short_run, compile_cache, tmp_path):
     first, first_out = short_run
     again = run_cli(compile_cache, *SHORT_RUN, "--out", str(tmp_path))
@@ -340,6 +397,7 @@ def test_cli_same_seed_prints_the_same_numbers(short_run, compile_cache, tmp_pat
     assert body(tmp_path / "results.txt") == body(first_out / "results.txt")
 
 
+@pytest.mark.slow
 def test_maml_and_the_baseline_train_on_their_own_task_streams(short_run):
     """main trains MAML on the stream of run_keys' second key and the baseline on the third's:
     the training losses it saved (100-step means) are those of train_chunk on exactly those
@@ -359,6 +417,7 @@ def test_maml_and_the_baseline_train_on_their_own_task_streams(short_run):
         assert not np.allclose(saved[f"loss/{name}"][:, 0], means["other"], rtol=1e-2), name
 
 
+@pytest.mark.slow
 def test_another_seed_gives_other_numbers(short_run, compile_cache, tmp_path):
     """--seed is honoured: seed 1 trains and evaluates other runs, so its numbers differ from seed 0's."""
     first, first_out = short_run
@@ -406,6 +465,7 @@ def test_bad_flag_stops_with_one_line_naming_it(argv, flag, allowed, tmp_path, c
     assert os.listdir(tmp_path) == ["adaptation.png"] and (tmp_path / "adaptation.png").read_bytes() == b"earlier figure"
 
 
+@pytest.mark.slow
 def test_cli_bad_flag_stops_the_program_before_anything_runs(tmp_path, compile_cache):
     """The same through `python experiment.py`, once: the program prints nothing else and exits 2."""
     (tmp_path / "adaptation.png").write_bytes(b"earlier figure")
@@ -415,6 +475,7 @@ def test_cli_bad_flag_stops_the_program_before_anything_runs(tmp_path, compile_c
     assert os.listdir(tmp_path) == ["adaptation.png"]
 
 
+@pytest.mark.slow
 def test_cli_unwritable_output_folder_stops_with_one_line(tmp_path, compile_cache):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")  # a path under a file cannot be a folder, even for root
@@ -425,6 +486,7 @@ def test_cli_unwritable_output_folder_stops_with_one_line(tmp_path, compile_cach
     assert blocker.read_text() == "not a folder"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha,where", [("1e30", "MAML diverged at step 0"),
                                          ("1000", "MAML adaptation (run 0, step size 1000) diverged")])
 def test_cli_divergence_stops_and_writes_nothing(alpha, where, tmp_path, compile_cache):
@@ -440,6 +502,7 @@ def test_cli_divergence_stops_and_writes_nothing(alpha, where, tmp_path, compile
 
 # ---- sizes beyond memory are refused before anything runs ------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv,flags,what", [
     (["--tasks", "100000000"], "--tasks", "training 1 run(s) of 70,000 steps of 100,000,000 tasks"),
     (["--k", "10000000"], "--k", "with K = 10,000,000"),

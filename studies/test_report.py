@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from machinery import report
+from machinery import program, report
 
 EVAL_KS = (5, 10)
 PAPER = {"MAML": {1: 0.67, 5: 0.38, 10: 0.35}, "pretrained": {1: 2.41, 5: 2.23, 10: 2.19}}
@@ -103,9 +103,9 @@ def test_write_whole_leaves_the_old_file_when_writing_fails(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        report.write_whole(str(path), broken)
+        program.write_whole(str(path), broken)
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["figure.png"]
-    report.write_whole(str(path), lambda f: f.write(b"new"))
+    program.write_whole(str(path), lambda f: f.write(b"new"))
     assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["figure.png"]
 
 
@@ -235,7 +235,7 @@ def test_results_data_is_plain_json_and_renders_the_same_after_a_round_trip(tmp_
     mse = np.ones((2, 3, 11))
     mse[1, 2, 5:] = np.inf
     data = results_of(mse, paper=True)
-    report.write_json(str(tmp_path / "results.json"), data)
-    back = report.read_json(str(tmp_path / "results.json"))
+    program.write_text(str(tmp_path / "results.json"), json.dumps(data, indent=1))  # as write_run
+    back = program.read_json(str(tmp_path / "results.json"))
     assert back == data and report.render(back) == report.render(data)
     assert json.loads(json.dumps(data, allow_nan=False)) == data  # no NaN or Infinity anywhere

@@ -43,6 +43,7 @@ def todays_random_bits():
     jax.config.update("jax_threefry_partitionable", before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", RUNS)
 def test_the_committed_parameters_evaluated_by_todays_code_give_the_committed_numbers(folder, todays_random_bits):
     """Each committed params.npz, adapted by today's evaluation on the held-out tasks its seed
@@ -68,6 +69,7 @@ def test_the_committed_parameters_evaluated_by_todays_code_give_the_committed_nu
             assert now["diverged"] == run["diverged"], (cell["model"], cell["k"])
 
 
+@pytest.mark.slow
 def test_evaluate_on_the_committed_default_run_tunes_its_step_sizes_and_gives_its_numbers(todays_random_bits):
     """experiment.evaluate itself (validation and test tasks from the run's keys, the baseline's
     step size tuned, both models adapted) on the committed parameters of the default run
