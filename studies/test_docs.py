@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from studies.conftest import ROOT
+from studies.conftest import ROOT, cpu_env
 DOCS = ROOT / "docs"
 
 # A fence opens with three or more backticks (or tildes) and an info string, and closes with the
@@ -106,7 +106,7 @@ def test_python_blocks_of_the_page_run_and_their_asserts_hold(page):
     """The page's python blocks, concatenated in order, run in one fresh interpreter at the
     repository root (on the CPU, with 4 host devices for the pages that shard) and exit 0."""
     source = "\n\n".join(runnable_python(page))
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = cpu_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
     result = subprocess.run([sys.executable, "-"], input=source, cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, f"{page.name}: its python blocks failed\n{result.stderr[-3000:]}"
@@ -172,7 +172,7 @@ def test_every_snippet_include_names_an_existing_file_and_section():
 def test_the_flag_table_of_the_running_page_matches_experiment_py_help():
     """docs/running.md's table of flags lists exactly the flags (and metavars) of `experiment.py --help`."""
     help_text = subprocess.run([sys.executable, "experiment.py", "--help"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=60, env=dict(os.environ, JAX_PLATFORMS="cpu")).stdout
+                               text=True, timeout=60, env=cpu_env()).stdout
     usage = help_text.split("\n\n")[0]
     in_help = set(re.findall(r"\[(--[\w-]+)(?: ([A-Z]+))?", usage))
     in_table = set(re.findall(r"^\| `(--[\w-]+)(?: ([A-Z]+))?` \|", (DOCS / "running.md").read_text(), re.M))
