@@ -1,7 +1,8 @@
 """MkDocs hook: serve MathJax from the site itself, so the maths renders with no network.
 
-The files come from the Python package django-static-mathjax (docs/requirements.txt pins it), a
-wheel of MathJax's own distribution with no dependencies; Django is not needed to use its files.
+The files come from the Python package django-static-mathjax (docs/requirements.txt pins it): a
+wheel of MathJax 3.2.2 built from MathJax's source, with no dependencies; Django is not needed to
+use its files.
 Only what the pages load is copied: the TeX-to-CommonHTML bundle and its fonts, which MathJax
 fetches relative to the bundle's own address. Nothing is committed, nothing comes from a CDN.
 """
