@@ -300,7 +300,7 @@ def train_both(ap, args, setup, init, streams, stopper):
         opt_state, _, done = saved.get(name, (vmap(opt_init)(init), 0, []))
         opt_state, losses[name], per_step[name] = train(
             compiled[name], None, keys, setup, name, resume=(opt_state, 0, done),
-            at_chunk=checkpoint.saver(args, mark, saved, name, stopper))
+            at_chunk=checkpoint.saver(args, mark, saved, name, stopper, setup["steps"]))
         params[name] = get_params(opt_state)
     ms = 1e3 * per_step["MAML"]
     print("meta-training: " + ("resumed, not timed" if math.isnan(ms) else f"{ms:.3f} ms per "

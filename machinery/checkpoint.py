@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import time
 import zipfile
 
 import numpy as np
@@ -65,12 +66,20 @@ def fingerprint(args, setup, code):
     return json.loads(json.dumps(mark))  # as a saved one reads back: tuples as lists
 
 
-def saver(args, mark, saved, name, stopper):
-    """train's at_chunk for model `name`: after every chunk, the checkpoint of both models, then
-    a stop if Ctrl-C or SIGTERM asked for one, with the command that goes on."""
+def saver(args, mark, saved, name, stopper, steps):
+    """train's at_chunk for model `name`: at a chunk boundary, the checkpoint of both models,
+    then a stop if Ctrl-C or SIGTERM asked for one, with the command that goes on. A small run's
+    chunks last a fraction of a second, and a write with its fsync tens of milliseconds: so the
+    checkpoint is skipped if the last is under --checkpoint-every seconds old (a kill then loses
+    at most that, and a chunk), unless a stop was asked or the model is done."""
+    last = [time.monotonic()]
+
     def at_chunk(opt_state, done, losses):
         saved[name] = (opt_state, done, losses)
+        if stopper.signal is None and done < steps and time.monotonic() - last[0] < args.checkpoint_every:
+            return
         save(args.out, mark, saved)
+        last[0] = time.monotonic()
         again = command("experiment.py", [*args.argv, "--resume"])
         stopper.stop_if_asked(f"experiment.py: stopped at {name}'s step {done:,}; the "
                               f"checkpoint in {args.out}/ holds it. To go on: {again}")

@@ -51,6 +51,9 @@ def parse_args(argv, setups, default):
     ap.add_argument("--out", metavar="DIR", help="folder for the figures, results.json, "
                     "results.txt and params.npz, created when missing (runs/SETUP-seedS, which "
                     "git ignores; the committed results are remade with --out figures/...)")
+    ap.add_argument("--checkpoint-every", type=checked(float, lambda v: v >= 0, "a number >= 0"),
+                    default=10.0, metavar="S", help="seconds between checkpoints, at chunk "
+                    "boundaries; one is always saved at a stop and at a model's end (10)")
     ap.add_argument("--resume", action="store_true", help="go on from the checkpoint in --out "
                     "of a run with the same flags, if there is one; start if there is none")
     argv = sys.argv[1:] if argv is None else list(argv)

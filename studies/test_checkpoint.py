@@ -167,7 +167,8 @@ def test_a_folder_a_live_process_holds_is_busy_until_that_process_dies(tmp_path)
 
 # ---- the command line: kill it, resume it, compare --------------------------------------------
 
-RUN = ("--setup", "paper", "--steps", "400", "--eval-tasks", "20")  # 20 chunks of 20 steps
+# 20 chunks of 20 steps, a checkpoint after each (a small run's chunks are far under 10 s apart)
+RUN = ("--setup", "paper", "--steps", "400", "--eval-tasks", "20", "--checkpoint-every", "0")
 
 
 def start(cache, out, *extra):
