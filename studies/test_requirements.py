@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from studies.conftest import ROOT
-README_TEST_COMMAND = "pip install -r requirements.txt && python -m pytest"
+README_TEST_COMMAND = "pip install -r requirements.txt -r docs/requirements.txt && python -m pytest"
 
 
 def entries(path):
