@@ -1,37 +1,35 @@
-"""Multi-step MAML as a lax.scan (studies/variants.py) against the unrolled Python loop.
+"""Multi-step MAML as a lax.scan (experiment.inner_steps, which studies/variants.py trains with)
+against the unrolled Python loop; the variants' training step; their committed table and the
+Variations page's numbers.
 
-Run with `python -m pytest test_variants.py`. Everything here runs in float64 (switched on as a
-context, so no other test sees it): the scan, the unrolled loop and the checkpointed scan do the
-same arithmetic, in orders that XLA may fuse or reassociate differently, so they agree to rounding.
-In float64 that is ~1e-16 per operation; through 5 inner steps of sums over 1,761 parameters and
-10 points, and a second-order gradient, the error stays far below 1e-10 relative, where a real
-difference (a missing step, a dropped second-order term: 10% or more, see the Variations page)
-would be far above it. Float32 would need a tolerance near 1e-4 and could hide a small bug.
+Run with `python -m pytest studies/test_variants.py`. The comparisons of the scan run in float64
+(the `x64` fixture, switched on as a context, so no other test sees it): the scan, the unrolled
+loop and the checkpointed scan do the same arithmetic, in orders that XLA may fuse or reassociate
+differently, so they agree to rounding. In float64 that is ~1e-16 per operation; through 5 inner
+steps of sums over 1,761 parameters and 10 points, and a second-order gradient, the error stays
+far below 1e-10 relative, where a real difference (a missing step, a dropped second-order term:
+10% or more, see the Variations page) would be far above it. Float32 would need a tolerance near
+1e-4 and could hide a small bug.
 """
+import json
 from functools import partial
 
-import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax import grad, jit, random
 from jax.flatten_util import ravel_pytree
-from jax.tree_util import tree_map
+from jax.tree_util import tree_leaves, tree_map
 
+import experiment
 import maml
+from machinery import program
 from studies import variants
+from studies.conftest import ROOT, numbers_in
 
 # Relative distance allowed: float64 rounding through a few steps is ~1e-14, a real difference is
 # >= 1e-2. (Seen with jax 0.10.2 on a CPU: exactly 0, in float64 and in float32 alike.)
 RTOL = 1e-10
-
-
-def float64():
-    """JAX's float64 switch as a context manager: jax.enable_x64 where it exists, else (older jax,
-    down to the 0.4.29 that requirements.txt admits) jax.experimental.enable_x64."""
-    if hasattr(jax, "enable_x64"):
-        return jax.enable_x64(True)
-    from jax.experimental import enable_x64
-    return enable_x64()
 
 
 def one_task(seed=0, k=10):
@@ -41,7 +39,7 @@ def one_task(seed=0, k=10):
 
 
 def float64_task():
-    """one_task in float64; call it under float64()."""
+    """one_task in float64; call it under the x64 fixture."""
     return tree_map(partial(jnp.asarray, dtype=jnp.float64), one_task())
 
 
@@ -55,41 +53,57 @@ def close(a, b):
     return bool(jnp.linalg.norm(a - b) <= RTOL * jnp.linalg.norm(b))
 
 
-def fo_loss_steps(params, x1, y1, x2, y2, alpha=0.01, n_steps=1):
-    """The unrolled first-order loop, the reference for fo_maml_loss_scan."""
+def scan_loss(params, x1, y1, x2, y2, n_steps=1, checkpoint=False, update=maml.inner_update):
+    """The query loss after experiment.inner_steps: the scan every n-step adaptation uses."""
+    adapted, _ = experiment.inner_steps(params, x1, y1, 0.01, n_steps, update, checkpoint)
+    return maml.loss(adapted, x2, y2)
+
+
+def loop_loss(params, x1, y1, x2, y2, n_steps=1, update=maml.inner_update):
+    """The same n steps as a Python loop, unrolled while tracing: the reference."""
     for _ in range(n_steps):
-        params = variants.fo_inner_update(params, x1, y1, alpha)
+        params = update(params, x1, y1, 0.01)
     return maml.loss(params, x2, y2)
 
 
 @pytest.mark.parametrize("n_steps", [1, 5])
-def test_scan_equals_the_unrolled_loop_in_value_and_meta_gradient(n_steps):
-    with float64():
-        params, task = float64_task()
-        scan = partial(variants.maml_loss_scan, n_steps=n_steps)
-        loop = partial(variants.maml_loss_steps, n_steps=n_steps)
-        assert close(jit(scan)(params, *task), jit(loop)(params, *task))
-        assert close(jit(grad(scan))(params, *task), jit(grad(loop))(params, *task))
+def test_inner_steps_equals_the_unrolled_loop_in_value_and_meta_gradient(n_steps, x64):
+    params, task = float64_task()
+    scan, loop = partial(scan_loss, n_steps=n_steps), partial(loop_loss, n_steps=n_steps)
+    assert close(jit(scan)(params, *task), jit(loop)(params, *task))
+    assert close(jit(grad(scan))(params, *task), jit(grad(loop))(params, *task))
+
+
+def test_inner_steps_tracks_the_parameters_before_each_step(x64):
+    """track(params) is taken before each of the n steps: the support losses of the loop's
+    parameters 0 to n - 1, in order (the evaluation's curve appends the last one itself)."""
+    params, (x1, y1, _, _) = float64_task()
+    _, tracked = experiment.inner_steps(params, x1, y1, 0.01, 4,
+                                        track=partial(maml.loss, inputs=x1, targets=y1))
+    want = []
+    for _ in range(4):
+        want.append(maml.loss(params, x1, y1))
+        params = maml.inner_update(params, x1, y1, 0.01)
+    assert close(tracked, jnp.stack(want))
 
 
 @pytest.mark.parametrize("n_steps", [1, 5])
-def test_checkpointed_meta_gradient_equals_the_plain_one(n_steps):
-    with float64():
-        params, task = float64_task()
-        plain = partial(variants.maml_loss_scan, n_steps=n_steps)
-        saved = partial(variants.maml_loss_scan, n_steps=n_steps, checkpoint=True)
-        assert close(jit(grad(saved))(params, *task), jit(grad(plain))(params, *task))
+def test_checkpointed_meta_gradient_equals_the_plain_one(n_steps, x64):
+    params, task = float64_task()
+    plain = partial(scan_loss, n_steps=n_steps)
+    saved = partial(scan_loss, n_steps=n_steps, checkpoint=True)
+    assert close(jit(grad(saved))(params, *task), jit(grad(plain))(params, *task))
 
 
-def test_first_order_scan_equals_its_loop_and_differs_from_second_order():
+def test_first_order_scan_equals_its_loop_and_differs_from_second_order(x64):
     """The first-order scan is the unrolled first-order loop; its gradient is more than 1% away
     from the second-order one (so the closeness above is not a tolerance that passes anything)."""
-    with float64():
-        params, task = float64_task()
-        fo = jit(grad(partial(variants.fo_maml_loss_scan, n_steps=5)))(params, *task)
-        assert close(fo, jit(grad(partial(fo_loss_steps, n_steps=5)))(params, *task))
-        second = jit(grad(partial(variants.maml_loss_scan, n_steps=5)))(params, *task)
-        assert jnp.linalg.norm(flat(fo) - flat(second)) > 1e-2 * jnp.linalg.norm(flat(second))
+    params, task = float64_task()
+    fo = jit(grad(partial(variants.fo_maml_loss_scan, n_steps=5)))(params, *task)
+    assert close(fo, jit(grad(partial(loop_loss, n_steps=5,
+                                      update=variants.fo_inner_update)))(params, *task))
+    second = jit(grad(partial(scan_loss, n_steps=5)))(params, *task)
+    assert jnp.linalg.norm(flat(fo) - flat(second)) > 1e-2 * jnp.linalg.norm(flat(second))
 
 
 def program_size(task_loss, params, task):
@@ -113,9 +127,6 @@ def test_make_step_of_maml_loss_is_maml_step_and_meta_sgd_starts_as_maml():
     state and loss (float32, compiled apart: 1e-5 relative). Meta-SGD's first meta-step with every
     step size at alpha moves theta exactly as MAML's does (the same gradient for theta, and Adam's
     first step depends on nothing else)."""
-    import numpy as np
-    from jax.tree_util import tree_leaves
-
     _, params = maml.net_init(random.PRNGKey(0), (-1, 1))
     batch = maml.sample_tasks(random.PRNGKey(1), 25, 10)
     ours, ours_loss = variants.make_step(maml.maml_loss)(0, maml.opt_init(params), *batch)
@@ -129,58 +140,96 @@ def test_make_step_of_maml_loss_is_maml_step_and_meta_sgd_starts_as_maml():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_a_task_that_overflows_at_any_step_leaves_every_column_of_its_cell():
+    """The variants' rule is the experiment's (report.run_numbers): run 0's task 2 overflows only
+    at step 10, yet its MSE of 9.0 after one step is out of the one-step mean too, and it is
+    counted as diverged; run 1 keeps all its tasks."""
+    mse = np.ones((2, 3, 11))
+    mse[0, 2, 1:] = 9.0
+    mse[0, 2, 10] = np.inf
+    (cell,) = variants.variant_cells("MAML", {5: mse})
+    assert [run["diverged"] for run in cell["runs"]] == [1, 0]
+    assert cell["runs"][0]["mean"][1] == 1.0 and cell["over_runs"]["mean"][1] == 1.0
+
+
 def variants_data():
-    from machinery import report
-    return report.read_json("figures/variants.json")
+    return program.read_json(ROOT / "figures" / "variants.json")
 
 
 def test_the_variants_table_is_the_rendering_of_its_data():
-    from pathlib import Path
-    assert Path("figures/variants.md").read_text() == variants.render(variants_data())
+    assert (ROOT / "figures" / "variants.md").read_text() == variants.render(variants_data())
+
+
+PAGE = ROOT / "docs" / "variations.md"
+NAMES = ("MAML", "first-order MAML", "MAML with 5 inner steps", "Meta-SGD")
+
+
+def section_numbers():
+    """The numbers the Variations page's 'Trained and compared' states (its table aside)."""
+    page = PAGE.read_text(encoding="utf-8")
+    return numbers_in(page[page.index("## Trained and compared"):page.index("## The blog setting")]
+                      .replace('--8<-- "figures/variants.md"', ""))
+
+
+FO, FIVE, SGD = NAMES[1:]
+
+
+def cells():
+    """The committed cells by (variant, K)."""
+    data = variants_data()
+    assert len(data["seeds"]) == 5
+    return {(c["model"], c["k"]): c for c in data["cells"]}
+
+
+def mse(row, name, k, n):
+    """A cell's mean over runs after n steps."""
+    return row[name, k]["over_runs"]["mean"][n]
+
+
+def count(row, name, k, what, n=None):
+    """A cell's tasks of all runs that diverged or ended worse, or (n) its runs whose mean after n
+    steps runaway tasks dominate."""
+    return sum(run[what] if n is None else run[what][n] for run in row[name, k]["runs"])
 
 
 def test_the_variations_page_claims_hold_on_the_committed_table():
-    """Each sentence of the Variations page's 'Trained and compared', against figures/variants.json;
-    its times against the interleaved measurement of figures/cost.json (the variants' own times
-    were taken one after another under uneven load, and the page says not to compare them)."""
-    import json
-
-    data, page = variants_data(), " ".join(open("docs/variations.md", encoding="utf-8").read().split())
-    row = {(name, int(k)): c for name, v in data["variants"].items() for k, c in v["cells"].items()}
-    names = ("MAML", "first-order MAML", "MAML with 5 inner steps", "Meta-SGD")
-    assert set(row) == {(n, k) for n in names for k in (5, 10)} and data["seeds"] == 5
-
-    def mse(name, k, n):
-        return row[name, k]["steps"][str(n)]["mean"]
-
-    def apart(a, b, k, n):
-        x, y = row[a, k]["steps"][str(n)], row[b, k]["steps"][str(n)]
-        return x["mean"] + x["half"] < y["mean"] - y["half"]
-
-    # Second order beats first order after one step, intervals apart, with the page's numbers.
-    assert apart("MAML", "first-order MAML", 5, 1) and apart("MAML", "first-order MAML", 10, 1)
-    firsts = [f"{mse(n, k, 1):.2f}" for k in (5, 10) for n in names[:2]]
-    assert f"{firsts[0]} against {firsts[1]} with $K = 5$, {firsts[2]} against {firsts[3]}" in page
-    cost = {(p["mode"], p["S"]): p["ms"] for p in json.load(open("figures/cost.json"))["points"]
-            if p["sweep"] == "inner steps"}
-    assert f"about {1 - cost['first order', 1] / cost['second order', 1]:.0%} cheaper" in page
-    # No first-order task overflowed; its 10-step mean is ordinary, MAML's K = 5 one is not.
-    assert all(row["first-order MAML", k]["steps"][n]["left_out"] == 0 for k in (5, 10) for n in ("1", "5", "10"))
-    assert mse("first-order MAML", 5, 10) < 1 < 100 < mse("MAML", 5, 10)
-    # Five inner steps: the lowest 10-step error, the fewest worse tasks, the worst after one step.
-    five = "MAML with 5 inner steps"
+    """What 'Trained and compared' says of figures/variants.json."""
+    row = cells()
+    assert set(row) == {(n, k) for n in NAMES for k in (5, 10)}
     for k in (5, 10):
-        assert mse(five, k, 10) == min(mse(n, k, 10) for n in names)
-        assert row[five, k]["worse"] == min(row[n, k]["worse"] for n in names)
-        assert mse(five, k, 1) == max(mse(n, k, 1) for n in names)
-    assert f"({mse(five, 5, 10):.2f} with $K = 5$, {mse(five, 10, 10):.2f} with $K = 10$)" in page
-    assert f"{cost['second order', 5] / cost['second order', 1]:.1f} times in the interleaved" in page
-    # Meta-SGD: the best after one step for both K; later its runaway tasks overflow.
-    for k in (5, 10):
-        assert mse("Meta-SGD", k, 1) == min(mse(v, k, 1) for v in names)
-    assert f"({mse('Meta-SGD', 5, 1):.2f} and {mse('Meta-SGD', 10, 1):.2f})" in page
-    assert all(mse("Meta-SGD", k, 5) > 1e30 for k in (5, 10))
-    left = row["Meta-SGD", 5]["steps"]
-    assert f"({left['5']['left_out']} with $K = 5$)" in page
-    assert f"({left['10']['left_out']:,} of {row['Meta-SGD', 5]['tasks']:,} with $K = 5$)" in page
-    assert 0.15 < left["10"]["left_out"] / row["Meta-SGD", 5]["tasks"] < 0.35
+        # Second order beats first order after one step, intervals apart.
+        ours, theirs = row["MAML", k]["over_runs"], row[FO, k]["over_runs"]
+        assert ours["mean"][1] + ours["half"][1] < theirs["mean"][1] - theirs["half"][1]
+        # No first-order task diverged or ran away.
+        assert count(row, FO, k, "diverged") == 0
+        assert all(count(row, FO, k, "dominated", n) == 0 for n in (1, 5, 10))
+        # Five inner steps: the lowest 10-step error, the fewest worse tasks, the worst at one.
+        assert mse(row, FIVE, k, 10) == min(mse(row, n, k, 10) for n in NAMES)
+        assert count(row, FIVE, k, "worse") == min(count(row, n, k, "worse") for n in NAMES)
+        assert mse(row, FIVE, k, 1) == max(mse(row, n, k, 1) for n in NAMES)
+        # Meta-SGD: the best after one step; after ten, runaway tasks dominate every run's mean.
+        assert mse(row, SGD, k, 1) == min(mse(row, n, k, 1) for n in NAMES)
+        assert count(row, SGD, k, "dominated", 10) == 5
+    # ...and with K = 5 about a quarter of its tasks overflow (left out of all its columns).
+    assert 0.15 < count(row, SGD, 5, "diverged") / (5 * variants_data()["eval_tasks"]) < 0.35
+    # MAML's K = 5 ten-step mean is runaway tasks' in some run; first order's is ordinary.
+    assert count(row, "MAML", 5, "dominated", 10) > 0 and mse(row, FO, 5, 10) < 1
+
+
+def test_the_variations_page_states_the_committed_numbers():
+    """The numbers 'Trained and compared' gives, to its digits: from figures/variants.json, and
+    the times from the interleaved measurement of figures/cost.json (the variants' own times were
+    taken one after another under uneven load)."""
+    row, data = cells(), variants_data()
+    cost = {(p["mode"], p["S"]): p["ms"] for p in json.loads(
+        (ROOT / "figures" / "cost.json").read_text())["points"] if p["sweep"] == "inner steps"}
+    want = {f"{mse(row, n, k, 1):.2f}" for k in (5, 10) for n in ("MAML", FO, SGD)}
+    want |= {f"{mse(row, FIVE, k, 10):.2f}" for k in (5, 10)}
+    tasks = len(data["seeds"]) * data["eval_tasks"]
+    want |= {f"{n:,}" for k in (5, 10) for n in (count(row, SGD, k, "diverged"),
+                                                 tasks - count(row, SGD, k, "diverged"))}
+    want |= {str(count(row, "MAML", 5, "dominated", 10)), str(len(data["seeds"]))}
+    want |= {f"{tasks:,}",
+             f"{100 * (1 - cost['first order', 1] / cost['second order', 1]):.0f}",
+             f"{cost['second order', 5] / cost['second order', 1]:.1f}"}
+    assert want <= section_numbers(), want - section_numbers()

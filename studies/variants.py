@@ -5,13 +5,9 @@ with the signature of maml.step, so experiment.py's own loop trains it: the pape
 same initial parameters and task stream for every variant, several runs at once, and the same 600
 held-out tasks. Writes the table the Variations page shows.
 
-    python -m studies.variants               # 5 runs of each, 70,000 steps: figures/variants.md
-    python -m studies.variants --seeds 2 --steps 300 --eval-tasks 50 --out /tmp/variants.md  # quick
+    python -m studies.variants               # 5 runs of each, 70,000 steps: figures/variants.*
+    python -m studies.variants --seeds 2 --steps 300 --eval-tasks 50 --out /tmp/v  # quick
 """
-import argparse
-import datetime
-import os
-import sys
 import time
 from functools import partial
 
@@ -23,7 +19,7 @@ from jax.tree_util import tree_map
 
 import experiment
 import maml
-from machinery import report
+from machinery import program, report
 
 
 # -8<- [start:first_order]
@@ -47,27 +43,17 @@ def maml_loss_steps(params, x1, y1, x2, y2, alpha=0.01, n_steps=1):
 
 
 # -8<- [start:scan_steps]
-def inner_steps(params, x1, y1, alpha, n_steps, update=maml.inner_update, checkpoint=False):
-    """n_steps of `update` as one lax.scan: the step is traced once, so the program and its
-    compile time stay the same size for any n_steps. With checkpoint, reverse mode keeps only
-    each step's input parameters and recomputes the step on the way back, instead of keeping
-    every intermediate value of its inner gradient: less memory, one more forward pass."""
-    def body(p, _):
-        return update(p, x1, y1, alpha), None
-    if checkpoint:  # scan already keeps XLA from merging the recomputation away: prevent_cse off
-        body = jax.checkpoint(body, prevent_cse=False)
-    return lax.scan(body, params, length=n_steps)[0]
-
-
 def maml_loss_scan(params, x1, y1, x2, y2, alpha=0.01, n_steps=1, checkpoint=False):
-    """maml_loss_steps as a scan: second order through every step, optionally checkpointed."""
-    adapted = inner_steps(params, x1, y1, alpha, n_steps, maml.inner_update, checkpoint)
+    """maml_loss_steps as a scan (experiment.inner_steps, the evaluation's own): second order
+    through every step, optionally checkpointed."""
+    adapted, _ = experiment.inner_steps(params, x1, y1, alpha, n_steps, checkpoint=checkpoint)
     return maml.loss(adapted, x2, y2)
 
 
 def fo_maml_loss_scan(params, x1, y1, x2, y2, alpha=0.01, n_steps=1):
     """First order through n_steps: each step's inner gradient is a constant to the outer grad."""
-    return maml.loss(inner_steps(params, x1, y1, alpha, n_steps, fo_inner_update), x2, y2)
+    adapted, _ = experiment.inner_steps(params, x1, y1, alpha, n_steps, fo_inner_update)
+    return maml.loss(adapted, x2, y2)
 # -8<- [end:scan_steps]
 
 
@@ -138,93 +124,87 @@ def run_variant(name, setup, seeds, seed, test):
     return curves, per_step
 
 
-def column_means(mse):
-    """Each run's mean MSE after each number of steps, over the tasks whose MSE is finite after
-    that many steps: (runs, n_steps + 1). A task that diverges by step 10 still counts at the
-    steps where it had not yet diverged; leaving it out of every column would bias the early means
-    towards the tasks that stay stable."""
-    finite = np.isfinite(mse)
-    return np.where(finite, mse, 0).sum(axis=1, dtype=np.float64) / finite.sum(axis=1)
-
-
-def variant_numbers(curves, per_step):
-    """One variant's numbers, for each K and n = 1, 5, 10: the mean over runs of each run's
-    column mean, its between-run interval, the tasks of all runs that have overflowed by then
-    (left out); the tasks ending worse (a NaN counts as worse); the time per meta-step."""
-    numbers = dict(ms_per_step=1e3 * per_step, cells={})
+# -8<- [start:cells]
+def variant_cells(name, curves):
+    """One variant's cells, as experiment.py's results.json holds them: for each K, every run's
+    numbers (report.run_numbers: a task whose adaptation overflowed at any step is left out of
+    every column, and counted) and the numbers over runs (report.over_runs)."""
+    cells = []
     for k, mse in curves.items():
-        means = column_means(mse)
-        numbers["cells"][k] = dict(
-            worse=int(np.sum(~(mse[:, :, -1] <= mse[:, :, 0]))),
-            tasks=int(mse.shape[0] * mse.shape[1]),
-            steps={n: dict(zip(("mean", "half"), report.between_runs(means[:, n])),
-                           left_out=int(np.sum(~np.isfinite(mse[:, :, n])))) for n in (1, 5, 10)})
-    return numbers
-
-
-def cell_text(c):
-    text = f"{report.number(c['mean'])} ± {report.number(c['half'])}"
-    return text + (f" ({c['left_out']} left out)" if c["left_out"] else "")
+        runs = [report.run_numbers(m) for m in mse]
+        cells.append(dict(model=name, k=k, runs=runs, over_runs=report.over_runs(runs)))
+    return cells
+# -8<- [end:cells]
 
 
 def render(data):
     """figures/variants.md, from the data alone."""
-    env = data["environment"]
-    lines = [f"Measured on {env['processor']}, jax {env['jax']}, {env['device']}; {data['when']}.",
-             "", f"Command: `{data['command']}`", "",
-             f"Held-out MSE on {data['eval_tasks']} tasks (the same for every variant) after n "
-             f"steps: mean of {data['seeds']} runs ± 95% between-run interval (Student's t, "
-             f"{data['seeds'] - 1} degrees of freedom); {data['steps']:,} meta-training steps of "
-             "25 tasks, K = 10, alpha = 0.01. A task whose MSE has overflowed (inf or NaN) after n "
-             "steps is left out of that cell's mean, and counted there (all runs together).", "",
-             "| variant | K | n = 1 | n = 5 | n = 10 | tasks ending worse, all runs | "
-             "ms per meta-step of all runs |", "|---|---|---|---|---|---|---|"]
-    for name, v in data["variants"].items():
-        for k, c in v["cells"].items():
-            lines.append(f"| {name} | {k} | " + " | ".join(cell_text(c["steps"][n]) for n in
-                                                           ("1", "5", "10"))
-                         + f" | {c['worse']} of {c['tasks']} | {v['ms_per_step']:.3f} |")
-    return "\n".join(lines) + "\n"
+    steps, n_runs, tasks = data["eval_steps"], len(data["seeds"]), data["eval_tasks"]
+    rows = [[c["model"], c["k"], *(report.cell_text(c, n, "") for n in steps),
+             f"{sum(r['worse'] for r in c['runs'])} of {n_runs * tasks}",
+             sum(r["diverged"] for r in c["runs"]), f"{data['ms_per_step'][c['model']]:.3f}"]
+            for c in data["cells"]]
+    header = ["variant", "K", *(f"n = {n}" for n in steps), "tasks ending worse, all runs",
+              "diverged tasks, all runs", "ms per meta-step of all runs"]
+    return "\n".join([
+        f"Measured on {program.environment_text(data['environment'])}; {data['when']}, load "
+        f"{', '.join(map(str, data['load']))}.", "", f"Command: `{data['command']}`", "",
+        f"Held-out MSE on {tasks} tasks (the same for every variant) after n steps: mean of "
+        f"{n_runs} runs ± 95% between-run interval (Student's t, {n_runs - 1} degrees of "
+        f"freedom); {data['steps']:,} meta-training steps of {data['setup']['tasks']} tasks, "
+        f"K = {data['setup']['k']}, alpha = {data['setup']['alpha']:g}. A task whose MSE "
+        "overflowed (inf or NaN) at any step is left out of every column of its cell, and counted "
+        "as diverged. † marks a cell whose mean, in some run, tasks that ran away (MSE over "
+        f"{data['runaway_factor']}x its start) dominate: it shows the median over runs.", "",
+        program.table(header, rows, "lrrrrrrr"),
+        "".join(f"- {line}\n" for line in report.runaway_lines(data))]).rstrip() + "\n"
 
 
-def parse_args():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=experiment.SETUPS["paper"]["steps"])
-    ap.add_argument("--eval-tasks", type=int, default=600)
-    ap.add_argument("--only", default=",".join(VARIANTS), help="variants to train, comma-separated")
-    ap.add_argument("--out", default="figures", help="folder for variants.json and variants.md")
-    args = ap.parse_args()
-    if args.seeds < 2 or args.steps < 1 or args.eval_tasks < 2:
-        ap.error("expected --seeds >= 2, --steps >= 1 and --eval-tasks >= 2")
-    unknown = set(args.only.split(",")) - set(VARIANTS)
-    if unknown:
-        ap.error(f"argument --only: unknown variant(s) {sorted(unknown)}; "
-                 f"expected some of {list(VARIANTS)}")
-    return args
+def parse_args(argv=None):
+    ap = program.parser("python -m studies.variants", __doc__.splitlines()[0], out="figures",
+                        what="variants.json and variants.md")
+    at_least = {n: program.checked(int, lambda v, n=n: v >= n, f"an integer >= {n}")
+                for n in (0, 1, 2)}
+    ap.add_argument("--seeds", type=at_least[2], default=5, help="runs of each variant (5)")
+    ap.add_argument("--seed", type=at_least[0], default=0, help="run r uses seed + r (0)")
+    ap.add_argument("--steps", type=at_least[1], default=experiment.SETUPS["paper"]["steps"],
+                    help="meta-training steps (70,000)")
+    ap.add_argument("--eval-tasks", type=at_least[2], default=600, help="held-out tasks (600)")
+    ap.add_argument("--only", default=list(VARIANTS), type=program.checked(
+        lambda text: text.split(","), lambda names: set(names) <= set(VARIANTS),
+        f"some of {', '.join(VARIANTS)}, comma-separated"), help="variants to train (all)")
+    return program.parse(ap, argv)
 
 
-def main():
-    args = parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    setup = dict(experiment.SETUPS["paper"], steps=args.steps)
+def train_all(args, setup):
+    """Every variant of --only trained for --seeds runs: its held-out curves for each K, and its
+    seconds per meta-step of all runs."""
     test_key = experiment.run_keys(args.seed, 1)[4, 0]  # experiment.py's held-out tasks
     test = experiment.eval_tasks(test_key, args.eval_tasks, max(experiment.EVAL_KS),
                                  setup["amp_range"])
-    variants, t0 = {}, time.perf_counter()
-    for name in args.only.split(","):
-        variants[name] = variant_numbers(*run_variant(name, setup, args.seeds, args.seed, test))
+    curves, per_step, t0 = {}, {}, time.perf_counter()
+    for name in args.only:
+        curves[name], per_step[name] = run_variant(name, setup, args.seeds, args.seed, test)
         print(f"{name}: trained and evaluated, {time.perf_counter() - t0:.0f} s so far", flush=True)
-    data = report.plain(dict(
-        command=" ".join(["python -m studies.variants", *sys.argv[1:]]), seeds=args.seeds,
-        steps=args.steps, eval_tasks=args.eval_tasks, environment=report.environment(),
-        when=f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        variants=variants))
-    text = render(data)
-    print(text, end="")
-    report.write_json(os.path.join(args.out, "variants.json"), data)
-    report.write_whole(os.path.join(args.out, "variants.md"), lambda f: f.write(text.encode()))
+    return curves, per_step
+
+
+def results(args, setup, curves, per_step):
+    """The variants' results as data: what made them, and one cell per variant and K."""
+    return report.plain(dict(
+        command=program.command("studies.variants", args.argv), steps=args.steps,
+        seeds=list(range(args.seed, args.seed + args.seeds)), eval_tasks=args.eval_tasks,
+        eval_steps=[1, 5, 10], setup=setup, runaway_factor=report.RUNAWAY,
+        environment=program.environment(program.jax_device()), when=program.now(),
+        load=program.load(), ms_per_step={name: 1e3 * s for name, s in per_step.items()},
+        cells=[c for name in curves for c in variant_cells(name, curves[name])]))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    setup = dict(experiment.SETUPS["paper"], steps=args.steps)
+    data = results(args, setup, *train_all(args, setup))
+    print(program.write(args.out, "variants", data, render), end="")
 
 
 if __name__ == "__main__":
