@@ -1,0 +1,189 @@
+"""The benchmark (studies/bench.py), the 2019 loop it measures against (studies/blog2019.py), the
+results it committed, and the pages that state them.
+
+Run with `python -m pytest studies/test_bench.py`. The checks:
+- the 2019 port computes what maml.py computes: the same loss and the same update of the same
+  state on the same batch, so that the benchmark compares like with like;
+- the quick mode runs (slow): every implementation asked for ran in a fresh process, maml.py's two
+  loops trained on the same batches, and benchmark.md is the rendering of benchmark.json;
+- the committed figures/benchmark.md is the rendering of figures/benchmark.json;
+- every number the Performance and From 2019 pages state about the benchmark is the JSON's, and
+  every marked section of the three programs is shown on the Performance page.
+Speed itself is measured by the program, never asserted by a test.
+"""
+import math
+import re
+
+import jax
+import numpy as np
+import pytest
+from jax import random
+
+import maml
+from machinery import program
+from studies import bench, blog2019
+from studies.conftest import ROOT
+from studies.test_docs import includes, sections
+
+COMMITTED = program.read_json(ROOT / "figures" / "benchmark.json")
+
+
+def test_the_2019_port_computes_maml_py_s_loss_and_update():
+    """blog2019.step and maml.step, from the same state on the same meta-batch (the paper's
+    setting): the same meta-loss and the same Adam update, to float32 rounding (1e-5 relative;
+    the two take the loss and its gradient in one pass or in two, and vmap the tasks two ways)."""
+    opt_state = maml.opt_init(maml.net_init(random.PRNGKey(0), (-1, 1))[1])
+    batch = maml.sample_tasks(random.PRNGKey(1), 25, 10, (0.1, 5.0))
+    ours, our_loss = maml.step(0, opt_state, *batch, 0.01)
+    theirs, their_loss = blog2019.step(0, opt_state, *batch, 0.01)
+    assert math.isclose(float(our_loss), float(their_loss), rel_tol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_the_careful_port_differs_from_the_blog_only_in_how_it_stacks():
+    """From the same seed, the blog's sampler with jnp.stack and with np.stack gives the same
+    numbers (float32 against float64: 1e-6 relative): the careful port changes the transfer, not
+    the tasks. The tasks are the blog's: K points of x in [-5, 5], |y| at most the amplitude."""
+    blog = blog2019.sample_tasks(np.random.default_rng(3), 4, 20, (0.1, 0.5))
+    careful = blog2019.sample_tasks(np.random.default_rng(3), 4, 20, (0.1, 0.5), np.stack)
+    for a, b in zip(blog, careful):
+        assert a.shape == b.shape == (4, 20, 1)
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-6)
+    assert np.abs(careful[0]).max() <= 5 and np.abs(careful[1]).max() <= 0.5
+
+
+@pytest.mark.slow
+def test_the_quick_mode_runs_and_its_table_is_its_json(tmp_path):
+    """One round of 200 steps at the paper's setting of maml.py's two loops and the blog's, into a
+    folder not there yet: each ran once with a positive time; the two loops of maml.py trained on
+    the same batches, so they end at the same loss (1e-3 relative: float32 sums in another
+    order; another batch would differ by some 10%); the markdown is the JSON's rendering, and the
+    command recorded, read back by the program's parser, asks for this run."""
+    argv = ["--rounds", "1", "--steps", "200", "--only", "train,loop,blog", "--settings", "paper",
+            "--no-costs", "--out", str(tmp_path / "new")]
+    bench.main(argv)
+    data = program.read_json(tmp_path / "new" / "benchmark.json")
+    times = data["ms_per_step"]
+    assert list(times) == ["train", "loop", "blog"] and list(data["settings"]) == ["paper"]
+    for t in times.values():
+        assert len(t["paper"]["rounds"]) == 1 and t["paper"]["median"] > 0, t
+    losses = [times[key]["paper"]["final_loss"][0] for key in ("train", "loop")]
+    assert math.isclose(*losses, rel_tol=1e-3), losses
+    assert (tmp_path / "new" / "benchmark.md").read_text() == bench.render(data)
+    words = data["command"].split()
+    again = bench.parse_args(words[3:words.index("--out")])
+    assert (again.rounds, again.steps, again.only, again.settings, again.no_costs) == \
+        (1, 200, ["train", "loop", "blog"], ["paper"], True)
+
+
+def test_help_writes_nothing_and_a_bad_flag_is_one_line(tmp_path, capsys):
+    for argv, code in ((["--help"], 0), (["--only", "blog,nothing"], 2), (["--steps", "5"], 2)):
+        with pytest.raises(SystemExit) as stop:
+            bench.parse_args([*argv, "--out", str(tmp_path / "out")])
+        assert stop.value.code == code
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert [e.split(": ")[1] for e in errors] == ["error"] * 2, errors
+    assert "argument --only" in errors[0] and "argument --steps" in errors[1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_peers_the_pytorch_rows_are_skipped_saying_so(capsys):
+    args = bench.parse_args(["--only", "train,torch,torch1"])
+    args.torch_python = None
+    assert bench.runnable(args) == (["train"], None)
+    assert "skipping the PyTorch peers" in capsys.readouterr().out
+
+
+def test_the_committed_table_is_the_rendering_of_its_json():
+    """figures/benchmark.md is bench.render of figures/benchmark.json, whose command runs the
+    benchmark and names no path of the machine it ran on; every implementation ran every round."""
+    assert (ROOT / "figures" / "benchmark.md").read_text() == bench.render(COMMITTED)
+    assert COMMITTED["command"].split()[:3] == ["python", "-m", "studies.bench"]
+    assert not re.search(r"(^|[\s=])/", COMMITTED["command"]), COMMITTED["command"]
+    for key, by_setting in COMMITTED["ms_per_step"].items():
+        for t in by_setting.values():
+            assert len(t["rounds"]) == COMMITTED["rounds"] and None not in t["rounds"], key
+
+
+def test_every_section_of_the_programs_is_shown_on_the_performance_page():
+    shown = {(file, section) for page, file, section in includes() if page.name == "performance.md"}
+    for source in ("studies/bench.py", "studies/blog2019.py", "studies/cost.py"):
+        missing = {s for s in sections(ROOT / source) if (source, s) not in shown}
+        assert not missing, (source, missing)
+
+
+def numbers(page, heading):
+    """The numbers that a section of a page states in its prose, in order: without its code
+    blocks, snippet includes, maths, inline code and link targets."""
+    text = (ROOT / "docs" / page).read_text()
+    text = text[text.index(heading) + len(heading):]
+    text = text[:text.index("\n## ")] if "\n## " in text else text
+    for pattern in (r"```.*?```", r"\$\$.*?\$\$", r"\$[^$]*\$", r"`[^`]*`", r"\]\([^)]*\)",
+                    r"^[ \t]*--8<--[^\n]*", r"^#+ [^\n]*", r"!\[[^]]*\]"):
+        text = re.sub(pattern, " ", text, flags=re.S | re.M)
+    return re.findall(r"(?<![\w.])\d+(?:,\d{3})*(?:\.\d+)?", text)
+
+
+def ratio(ours, baseline, setting, data=COMMITTED):
+    (r,) = [r for r in data["speedups"]
+            if (r["ours"], r["baseline"], r["setting"]) == (ours, baseline, setting)]
+    return r
+
+
+def median(key, setting, data=COMMITTED):
+    return data["ms_per_step"][key][setting]["median"]
+
+
+def test_the_from_2019_page_states_the_committed_speedups():
+    """From 2019's "How much faster": the training loop's and the copy-paste loop's speed-ups on
+    the blog as written and on the careful port, at both settings, and the rounds they are the
+    median of, as the JSON has them to the digits the page gives."""
+    x = [f"{ratio(o, b, s)['median']:.1f}" for o in ("train", "loop")
+         for b in ("blog as written", "careful port") for s in ("paper", "blog")]
+    assert numbers("from-2019.md", "## How much faster") == [
+        "2019", *x[:4], *x[4:], str(COMMITTED["rounds"])]
+
+
+def step_numbers(data=COMMITTED):
+    """The numbers of the Performance page's "What one step costs", in order, from the JSON:
+    the estimate F = 12 * 2 * T K * 40^2 and XLA's count (millions), the training loop's rate and
+    its share of the large product's, the parts of a step (µs, the paper's setting unless named),
+    the work and time ratios of the two settings, the sums that explain the two loops, and the
+    loops' medians."""
+    c, s = data["costs"], data["settings"]
+    p, b = c["paper"]["us"], c["blog"]["us"]
+    gflops = c["paper"]["mflop"] / median("train", "paper", data)  # MFLOP / ms = GFLOP/s
+    estimate = [12 * 2 * s[k]["tasks"] * s[k]["k"] * 40 ** 2 / 1e6 for k in ("paper", "blog")]
+    return [f"{f:.1f}" for f in estimate] + [
+        f"{c['paper']['mflop']:.1f}", f"{c['blog']['mflop']:.1f}", str(c["paper"]["kernels"]),
+        f"{gflops:.0f}", f"{100 * gflops / c['paper']['big_gflops']:.0f}",
+        *(f"{p[k]:.0f}" for k in ("nop_call", "step_call", "maths", "presample", "sample_call",
+                                  "fold_in_call")), f"{b['maths']:.0f}",
+        f"{c['paper']['mflop'] / c['blog']['mflop']:.1f}", f"{p['maths'] / b['maths']:.1f}",
+        f"{p['step_call'] + p['sample_call']:.0f}", f"{p['maths'] + p['presample']:.0f}",
+        f"{1e3 * median('loop', 'paper', data):.0f}", f"{1e3 * median('train', 'paper', data):.0f}"]
+
+
+def pinned_numbers(data=COMMITTED):
+    """The numbers of "One core or two": the share of the two-core time that the pinned training
+    loop took (the inverse of its speed-up), the median and the range of the rounds, at the
+    paper's setting and then at the blog's."""
+    out = []
+    for setting in ("paper", "blog"):
+        r = ratio("pinned", "two cores", setting, data)
+        out += [f"{1 / r['median']:.2f}", f"{1 / max(r['rounds']):.2f}",
+                f"{1 / min(r['rounds']):.2f}"]
+    return out
+
+
+def test_the_performance_page_states_the_committed_numbers():
+    """Every number in the prose of the Performance page's sections about the benchmark, in
+    order, is the committed JSON's (a sentence may be reworded freely; a number that is not the
+    JSON's, or one added unchecked, fails): the settings, what one step costs, one core or two."""
+    s = COMMITTED["settings"]
+    settings = [f"{s['paper']['tasks']}", f"{s['paper']['alpha']:g}", f"{s['paper']['amp_max']:g}",
+                f"{s['blog']['tasks']}", f"{s['blog']['alpha']:g}", f"{s['blog']['amp_max']:g}"]
+    assert numbers("performance.md", "## The measurement") == [*settings, *["2019"] * 3]
+    assert numbers("performance.md", "## What one step costs") == step_numbers()
+    assert numbers("performance.md", "## One core or two") == pinned_numbers()
