@@ -1,0 +1,1 @@
+"""maml.py on other stacks: Flax NNX with optax, and Equinox with optax (docs/stack.md)."""

@@ -1,0 +1,112 @@
+"""maml.py on Equinox and optax: the same algorithm, names and order, for a project that writes its
+models in Equinox. `python maml_equinox.py` meta-trains on the paper's sinusoids and adapts to new
+ones; it needs jax, numpy, equinox and optax, and nothing from this repository.
+
+An Equinox model is itself a pytree: its arrays are the parameters, its other fields (the
+activation function) are not. Equinox's filtered transforms (filter_grad, filter_vmap, filter_jit)
+act on the floating-point arrays and pass everything else through, so the functions below take
+the model where maml.py takes its parameters.
+"""
+import time
+from functools import partial
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import jit, random
+
+
+# -8<- [start:model]
+def net_init(key):
+    """The paper's regressor: 1 input, two hidden layers of 40 ReLU units, 1 output. An eqx.nn.MLP
+    maps one input of shape (1,) to (1,); each Linear holds weight (out, in), maml.py's W.T."""
+    return eqx.nn.MLP(1, 1, width_size=40, depth=2, activation=jax.nn.relu, key=key)
+# -8<- [end:model]
+
+
+# -8<- [start:loss]
+def loss(model, inputs, targets):
+    return jnp.mean((jax.vmap(model)(inputs) - targets) ** 2)  # the model sees one point at a time
+
+
+def inner_update(model, x1, y1, alpha=0.01):
+    grads = eqx.filter_grad(loss)(model, x1, y1)  # None for what is not a float array
+    return eqx.apply_updates(model, jax.tree_util.tree_map(lambda g: -alpha * g, grads))
+
+
+def maml_loss(model, x1, y1, x2, y2, alpha=0.01):
+    return loss(inner_update(model, x1, y1, alpha), x2, y2)
+
+
+def batch_maml_loss(model, x1, y1, x2, y2, alpha=0.01):
+    per_task = eqx.filter_vmap(maml_loss, in_axes=(None, 0, 0, 0, 0, None))
+    return jnp.mean(per_task(model, x1, y1, x2, y2, alpha))
+# -8<- [end:loss]
+
+
+# -8<- [start:anil]
+def anil_inner_update(model, x1, y1, alpha=0.01):
+    """ANIL: a filter spec, True on the output layer's arrays alone, partitions the model."""
+    spec = jax.tree_util.tree_map(lambda _: False, model)
+    spec = eqx.tree_at(lambda m: m.layers[-1], spec, replace=True)
+    head, body = eqx.partition(model, spec)
+
+    def head_loss(head):
+        return loss(eqx.combine(head, body), x1, y1)
+    grads = eqx.filter_grad(head_loss)(head)
+    head = eqx.apply_updates(head, jax.tree_util.tree_map(lambda g: -alpha * g, grads))
+    return eqx.combine(head, body)  # the body as it came: the outer grad still reaches it
+# -8<- [end:anil]
+
+
+# -8<- [start:sample_tasks]
+# maml.py's sampler, repeated so that this file stands alone (it needs nothing from this repo).
+@partial(jit, static_argnums=(1, 2))
+def sample_tasks(key, n_tasks, k, amp_range=(0.1, 5.0), phase_range=(0.0, jnp.pi),
+                 x_range=(-5.0, 5.0)):
+    u = random.uniform(key, (n_tasks, 2 + 2 * k, 1))
+    (a0, a1), (p0, p1), (x0, x1) = amp_range, phase_range, x_range
+    amp, phase, x = a0 + (a1 - a0) * u[:, :1], p0 + (p1 - p0) * u[:, 1:2], x0 + (x1 - x0) * u[:, 2:]
+    y = amp * jnp.sin(x + phase)
+    return x[:, :k], y[:, :k], x[:, k:], y[:, k:]
+# -8<- [end:sample_tasks]
+
+
+# -8<- [start:step]
+optimizer = optax.adam(1e-3)  # b1 0.9, b2 0.999, eps 1e-8: example_libraries' adam
+
+
+@eqx.filter_jit
+def step(model, opt_state, x1, y1, x2, y2, alpha=0.01):
+    """One meta-update; optax's state holds the moments of the model's float arrays alone."""
+    meta_loss, meta_grads = eqx.filter_value_and_grad(batch_maml_loss)(model, x1, y1, x2, y2,
+                                                                        alpha)
+    updates, opt_state = optimizer.update(meta_grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+    return eqx.apply_updates(model, updates), opt_state, meta_loss
+# -8<- [end:step]
+
+
+# -8<- [start:main]
+def main(steps=50_000, seed=0):
+    key_init, key_tasks, key_test = random.split(random.PRNGKey(seed), 3)
+    model = net_init(key_init)
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))  # not the activation
+    keys = np.asarray(random.split(key_tasks, steps))  # split once, on the host: no per-step call
+    start = time.perf_counter()
+    for i, key in enumerate(keys):
+        model, opt_state, meta_loss = step(model, opt_state, *sample_tasks(key, 25, 10))
+        if (i + 1) % 10_000 == 0 or i + 1 == steps:
+            print(f"step {i + 1:>6,}/{steps:,}  meta-loss {float(meta_loss):.3f}  "
+                  f"{time.perf_counter() - start:.0f} s")
+    x1, y1, x2, y2 = sample_tasks(key_test, 600, 100)
+    x1, y1 = x1[:, :5], y1[:, :5]
+    print(f"600 new tasks, K = 5: MSE {float(loss(model, x2, y2)):.2f} before adapting, "
+          f"{float(batch_maml_loss(model, x1, y1, x2, y2)):.2f} after one inner_update "
+          "(the paper: 0.67)")
+
+
+if __name__ == "__main__":
+    main()
+# -8<- [end:main]
