@@ -31,11 +31,13 @@ from machinery import program, report
 
 # -8<- [start:eigenvalue]
 def top_eigenvalue(params, x1, y1, iters=300):
-    """The largest eigenvalue of the Hessian of loss(params; x1, y1), by power iteration on
-    Hessian-vector products (forward over reverse mode: the Hessian itself is never formed).
+    """The largest eigenvalue of the Hessian of loss(params; x1, y1), by power iteration
+    on Hessian-vector products (forward over reverse mode: the Hessian itself is never
+    formed).
 
-    Power iteration finds the eigenvalue of largest magnitude, mu. If it is negative, a second
-    pass on H - mu I (whose eigenvalues are all >= 0) finds the largest one, shifted back."""
+    Power iteration finds the eigenvalue of largest magnitude, mu. If it is negative, a
+    second pass on H - mu I (whose eigenvalues are all >= 0) finds the largest one,
+    shifted back."""
     theta, unravel = ravel_pytree(params)
 
     def support_loss(t):

@@ -39,21 +39,24 @@ args = program.parse(ap)
 INIT_SEED, TASK_SEED = 0, 1
 
 # -8<- [start:initialize]
-# Before anything touches a device: join the other processes. Afterwards jax.devices() lists the
-# devices of every process, jax.local_devices() only this process's own.
+# Before anything touches a device: join the other processes. Afterwards jax.devices()
+# lists the devices of every process, jax.local_devices() only this process's own.
 if args.coordinator:
-    # On the CPU, collectives between processes go over TCP through gloo. It is jax 0.10's default;
-    # naming it says what the all-reduce runs on and keeps working if the default changes.
+    # On the CPU, collectives between processes go over TCP through gloo. It is jax
+    # 0.10's default; naming it says what the all-reduce runs on and keeps working if
+    # the default changes.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 # -8<- [end:initialize]
 
 # -8<- [start:mesh]
-# The same mesh as on one machine, over the global devices: the task axis now spans processes.
+# The same mesh as on one machine, over the global devices: the task axis now spans
+# processes.
 mesh = Mesh(np.array(jax.devices()), axis_names=("tasks",))
 by_task = NamedSharding(mesh, P("tasks"))
 replicated = NamedSharding(mesh, P())
-n_tasks = -(-experiment.SETUPS["paper"]["tasks"] // jax.device_count()) * jax.device_count()
+n_devices = jax.device_count()
+n_tasks = -(-experiment.SETUPS["paper"]["tasks"] // n_devices) * n_devices
 k = experiment.SETUPS["paper"]["k"]
 
 
@@ -65,20 +68,24 @@ def local_rows(sharding, shape):
 # -8<- [end:mesh]
 
 # -8<- [start:train]
-# Every process starts from the same parameters (same key) and hands its copy in as the replica.
+# Every process starts from the same parameters (same key) and hands its copy in as the
+# replica.
 _, params = maml.net_init(random.PRNGKey(INIT_SEED), (-1, 1))
 opt_state = jax.tree.map(
     lambda a: jax.make_array_from_process_local_data(replicated, np.asarray(a)),
     maml.opt_init(params))
 rows = local_rows(by_task, (n_tasks, k, 1))
 losses = []
-keys = np.asarray(random.split(random.PRNGKey(TASK_SEED), args.steps))  # as experiment.train does
+# One key per step, as experiment.train splits them.
+keys = np.asarray(random.split(random.PRNGKey(TASK_SEED), args.steps))
 for i in range(args.steps):
-    # Each process draws step i's whole meta-batch from the same key (the batch experiment.train
-    # draws at step i) and keeps only its own rows. With a real data set, it would load only those.
+    # Each process draws step i's whole meta-batch from the same key (the batch
+    # experiment.train draws at step i) and keeps only its own rows. With a real data
+    # set, it would load only those.
     batch = maml.sample_tasks(keys[i], n_tasks, k)
-    global_batch = [jax.make_array_from_process_local_data(by_task, np.asarray(a)[rows], a.shape)
-                    for a in batch]
+    global_batch = [
+        jax.make_array_from_process_local_data(by_task, np.asarray(a)[rows], a.shape)
+        for a in batch]
     opt_state, loss = maml.step(i, opt_state, *global_batch)
     losses.append(loss)
 # -8<- [end:train]

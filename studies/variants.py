@@ -44,14 +44,16 @@ def maml_loss_steps(params, x1, y1, x2, y2, alpha=0.01, n_steps=1):
 
 # -8<- [start:scan_steps]
 def maml_loss_scan(params, x1, y1, x2, y2, alpha=0.01, n_steps=1, checkpoint=False):
-    """maml_loss_steps as a scan (experiment.inner_steps, the evaluation's own): second order
-    through every step, optionally checkpointed."""
-    adapted, _ = experiment.inner_steps(params, x1, y1, alpha, n_steps, checkpoint=checkpoint)
+    """maml_loss_steps as a scan (experiment.inner_steps, the evaluation's own): second
+    order through every step, optionally checkpointed."""
+    adapted, _ = experiment.inner_steps(params, x1, y1, alpha, n_steps,
+                                        checkpoint=checkpoint)
     return maml.loss(adapted, x2, y2)
 
 
 def fo_maml_loss_scan(params, x1, y1, x2, y2, alpha=0.01, n_steps=1):
-    """First order through n_steps: each step's inner gradient is a constant to the outer grad."""
+    """First order through n_steps: each step's inner gradient is a constant to the
+    outer grad."""
     adapted, _ = experiment.inner_steps(params, x1, y1, alpha, n_steps, fo_inner_update)
     return maml.loss(adapted, x2, y2)
 # -8<- [end:scan_steps]
@@ -59,7 +61,7 @@ def fo_maml_loss_scan(params, x1, y1, x2, y2, alpha=0.01, n_steps=1):
 
 # -8<- [start:meta_sgd]
 def meta_sgd_update(params, x1, y1, alphas):
-    """inner_update with a step size per parameter: alphas is a tree shaped like params."""
+    """inner_update with a step size per parameter: alphas, a tree like params."""
     grads = grad(maml.loss)(params, x1, y1)
     return tree_map(lambda p, a, g: p - a * g, params, alphas, grads)
 
@@ -72,8 +74,10 @@ def meta_sgd_loss(meta_params, x1, y1, x2, y2, alpha=None):
 
 # -8<- [start:make_step]
 def make_step(task_loss):
-    """maml.step for another task loss: its mean over the meta-batch, its gradient, Adam."""
-    batch = vmap(task_loss, in_axes=(None, 0, 0, 0, 0, None))  # tasks share the parameters
+    """maml.step for another task loss: its mean over the meta-batch, its gradient,
+    Adam."""
+    # The tasks share the parameters.
+    batch = vmap(task_loss, in_axes=(None, 0, 0, 0, 0, None))
 
     @jit
     def step(i, opt_state, x1, y1, x2, y2, alpha=0.01):
@@ -96,8 +100,8 @@ def with_alphas(theta, alpha):
 VARIANTS = {
     "MAML": (maml.step, same_theta, maml.inner_update),
     "first-order MAML": (make_step(fo_maml_loss), same_theta, maml.inner_update),
-    "MAML with 5 inner steps": (make_step(partial(maml_loss_steps, n_steps=5)), same_theta,
-                                maml.inner_update),
+    "MAML with 5 inner steps": (make_step(partial(maml_loss_steps, n_steps=5)),
+                                same_theta, maml.inner_update),
     # Every step size starts at alpha, so Meta-SGD's first meta-step is MAML's.
     "Meta-SGD": (make_step(meta_sgd_loss), with_alphas, meta_sgd_update),
 }
@@ -126,9 +130,10 @@ def run_variant(name, setup, seeds, seed, test):
 
 # -8<- [start:cells]
 def variant_cells(name, curves):
-    """One variant's cells, as experiment.py's results.json holds them: for each K, every run's
-    numbers (report.run_numbers: a task whose adaptation overflowed at any step is left out of
-    every column, and counted) and the numbers over runs (report.over_runs)."""
+    """One variant's cells, as experiment.py's results.json holds them: for each K,
+    every run's numbers (report.run_numbers: a task whose adaptation overflowed at any
+    step is left out of every column, and counted) and the numbers over runs
+    (report.over_runs)."""
     cells = []
     for k, mse in curves.items():
         runs = [report.run_numbers(m) for m in mse]
