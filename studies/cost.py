@@ -248,25 +248,27 @@ def one_by_one(fn, calls):
 
 @jit
 def scanned(state, steps, batches, alpha):
-    """maml.step under lax.scan on batches given: the training loop's maths, without sampling."""
+    """maml.step under lax.scan on batches given: the training loop's maths alone."""
     def body(state, step_and_batch):
         return maml.step(step_and_batch[0], state, *step_and_batch[1], alpha)
     return lax.scan(body, state, (steps, batches))
 
 
 def step_parts(setup, n):
-    """{part: a run of n steps of it}: the parts of a meta-step that step_costs times apart."""
+    """{part: a run of n steps of it}: the parts that step_costs times apart."""
     T, K, amp, alpha = setup["tasks"], setup["k"], setup["amp_range"], setup["alpha"]
     key, (_, params) = random.PRNGKey(1), maml.net_init(random.PRNGKey(0), (-1, 1))
     state, batch = maml.opt_init(params), maml.sample_tasks(key, T, K, amp)
-    keys, steps = np.asarray(random.split(key, n)), np.arange(n, dtype=np.int32)  # as train()
+    keys = np.asarray(random.split(key, n))  # as train() draws them
+    steps = np.arange(n, dtype=np.int32)
     presample = jit(vmap(partial(maml.sample_tasks, n_tasks=T, k=K, amp_range=amp)))
-    return dict(maths=partial(scanned, state, steps, presample(keys), alpha),
-                presample=partial(presample, keys),
-                step_call=one_by_one(maml.step, [(i, state, *batch, alpha) for i in range(n)]),
-                sample_call=one_by_one(maml.sample_tasks, [(k, T, K, amp) for k in keys]),
-                fold_in_call=one_by_one(random.fold_in, [(key, i) for i in range(n)]),
-                nop_call=one_by_one(jit(jnp.negative), [(jnp.zeros(()),)] * n))
+    return dict(
+        maths=partial(scanned, state, steps, presample(keys), alpha),
+        presample=partial(presample, keys),
+        step_call=one_by_one(maml.step, [(i, state, *batch, alpha) for i in range(n)]),
+        sample_call=one_by_one(maml.sample_tasks, [(k, T, K, amp) for k in keys]),
+        fold_in_call=one_by_one(random.fold_in, [(key, i) for i in range(n)]),
+        nop_call=one_by_one(jit(jnp.negative), [(jnp.zeros(()),)] * n))
 # -8<- [end:step_parts]
 
 
