@@ -1,8 +1,6 @@
-"""The sinusoid regression experiment of the MAML paper (section 5.1, appendix C), on maml.py:
-`python experiment.py` meta-trains MAML and a pretrained baseline, evaluates both on 600 held-out
-tasks beside the paper's table, and writes figures/. In order: the setups, the baseline, the
-training loop, the evaluation, and main; report.py (statistics, results.json, table, figures) and
-preflight.py (bad flags, an unwritable folder, a run too big for memory) hold the machinery."""
+"""The MAML paper's sinusoid regression (section 5.1) on maml.py: `python experiment.py`
+meta-trains MAML and a pretrained baseline, evaluates both on 600 held-out tasks beside
+the paper's table, and writes figures/; machinery/ holds the rest."""
 import math
 import sys
 import time
@@ -15,29 +13,33 @@ from jax import jit, lax, random, vmap
 from jax.tree_util import tree_leaves, tree_map, tree_structure
 
 from machinery import checkpoint, preflight, program, report
-from maml import (get_params, inner_update, loss, net_init, opt_init, opt_update, sample_sinusoids,
-                  sample_tasks, step)
+from maml import (get_params, inner_update, loss, net_init, opt_init, opt_update,
+                  sample_sinusoids, sample_tasks, step)
 
 # -8<- [start:setups]
-# The MAML paper's text; the authors' released code (github.com/cbfinn/maml), which differs from
-# the text in its inner step size and its initialisation; and the 2019 blog post.
+# The MAML paper's text; the authors' released code (github.com/cbfinn/maml), whose
+# inner step size and initialisation differ from the text's; and the 2019 blog post.
 SETUPS = {
-    "paper": dict(amp_range=(0.1, 5.0), k=10, alpha=0.01, tasks=25, steps=70_000, init="stax"),
-    "code": dict(amp_range=(0.1, 5.0), k=10, alpha=0.001, tasks=25, steps=70_000, init="code"),
-    "blog": dict(amp_range=(0.1, 0.5), k=20, alpha=0.1, tasks=4, steps=20_000, init="stax"),
+    "paper": dict(amp_range=(0.1, 5.0), k=10, alpha=0.01, tasks=25, steps=70_000,
+                  init="stax"),
+    "code": dict(amp_range=(0.1, 5.0), k=10, alpha=0.001, tasks=25, steps=70_000,
+                 init="code"),
+    "blog": dict(amp_range=(0.1, 0.5), k=20, alpha=0.1, tasks=4, steps=20_000,
+                 init="stax"),
 }
 # Appendix C, table 2 of the paper: MSE for K = 5 after 1, 5 and 10 gradient steps.
-PAPER_MSE_K5 = {"MAML": {1: 0.67, 5: 0.38, 10: 0.35}, "pretrained": {1: 2.41, 5: 2.23, 10: 2.19}}
-EVAL_KS = (5, 10)  # support points per held-out task at meta-test time, as in the paper's figures
+PAPER_MSE_K5 = {"MAML": {1: 0.67, 5: 0.38, 10: 0.35},
+                "pretrained": {1: 2.41, 5: 2.23, 10: 2.19}}
+EVAL_KS = (5, 10)  # support points per held-out task at meta-test time, as in the paper
 EVAL_STEPS = (0, 1, 5, 10)  # gradient steps after which the held-out MSE is reported
-DEFAULT = "code"  # twenty runs of each: the released code's settings give the paper's table
+DEFAULT = "code"  # in twenty runs, the released code's settings give the paper's table
 # -8<- [end:setups]
 
 
 # -8<- [start:inits]
 def code_init(key):
-    """The released code's construct_fc_weights: weights from a normal of standard deviation
-    0.01 truncated at two of them, zero biases; net_init's layout: (W, b) per Dense, () per Relu."""
+    """The released code's construct_fc_weights: weights from a normal of std 0.01 cut
+    at two of them, zero biases; in net_init's layout: (W, b) per Dense, () per Relu."""
     shapes = [(1, 40), (40, 40), (40, 1)]
     keys = random.split(key, len(shapes))
     w = [0.01 * random.truncated_normal(k, -2.0, 2.0, s) for k, s in zip(keys, shapes)]
@@ -46,7 +48,7 @@ def code_init(key):
 
 
 def stax_init(key):
-    """stax's own initialisation (Glorot-normal weights, small normal biases): the paper's text."""
+    """stax's init (Glorot-normal weights, small normal biases): the paper's text."""
     return net_init(key, (-1, 1))[1]
 
 
@@ -56,14 +58,15 @@ INITS = {"stax": stax_init, "code": code_init}
 
 # -8<- [start:pretrain]
 def pretrain_loss(params, x1, y1, x2, y2, alpha=None):
-    """The paper's baseline: plain regression on every point of every task in the batch."""
-    return loss(params, jnp.concatenate([x1, x2], axis=1), jnp.concatenate([y1, y2], axis=1))
+    """The paper's baseline: plain regression on every point of the batch's tasks."""
+    return loss(params, jnp.concatenate([x1, x2], 1), jnp.concatenate([y1, y2], 1))
 
 
 @jit
 def pretrain_step(i, opt_state, x1, y1, x2, y2, alpha=None):
-    """One Adam step of the baseline (on a task stream of its own, from MAML's distribution)."""
-    value, grads = jax.value_and_grad(pretrain_loss)(get_params(opt_state), x1, y1, x2, y2)
+    """One Adam step of the baseline (its own stream of MAML's tasks)."""
+    value, grads = jax.value_and_grad(pretrain_loss)(get_params(opt_state),
+                                                     x1, y1, x2, y2)
     return opt_update(i, grads, opt_state), value
 # -8<- [end:pretrain]
 
@@ -71,12 +74,10 @@ def pretrain_step(i, opt_state, x1, y1, x2, y2, alpha=None):
 # -8<- [start:train_chunk]
 @partial(jit, static_argnames=("step_fn", "n_tasks", "k"))
 def train_chunk(opt_state, keys, steps, amp_range, alpha, *, step_fn, n_tasks, k):
-    """step_fn once for each step number in `steps`, for all runs at once, in one compiled loop:
-    the state and losses (len(steps), runs). Every leaf of opt_state has a leading run axis; run r
-    at step i trains on sample_tasks(keys[i, r]), as the plain Python loop would. Dispatching one
-    small jitted call per meta-step costs more than its maths on a CPU, so the loop runs inside
-    XLA (lax.scan), and the chunk's tasks are drawn up front in one vectorised call."""
-    one = keys.shape[1] == 1  # one run: the program without a run axis, 10% faster on a CPU
+    """step_fn for each step in `steps`, all runs (a run axis leads every opt_state
+    leaf), in a lax.scan: state and losses (len(steps), runs); run r, step i:
+    sample_tasks(keys[i, r]). On a CPU a call per step costs more than its maths."""
+    one = keys.shape[1] == 1  # one run: no run axis, 10% faster on a CPU
 
     def sample(key):
         return sample_tasks(key, n_tasks, k, amp_range)
@@ -87,7 +88,8 @@ def train_chunk(opt_state, keys, steps, amp_range, alpha, *, step_fn, n_tasks, k
         i, batch = step_and_batch
         return run_step(i, opt_state, *batch, alpha)
     if one:
-        opt_state, losses = lax.scan(body, tree_map(lambda a: a[0], opt_state), (steps, batches))
+        opt_state, losses = lax.scan(body, tree_map(lambda a: a[0], opt_state),
+                                     (steps, batches))
         return tree_map(lambda a: a[None], opt_state), losses[:, None]
     return lax.scan(body, opt_state, (steps, batches))
 # -8<- [end:train_chunk]
@@ -95,81 +97,73 @@ def train_chunk(opt_state, keys, steps, amp_range, alpha, *, step_fn, n_tasks, k
 
 # -8<- [start:chunks]
 def chunks(n_steps, n_chunks=20, longest=5_000):
-    """(start, stop) of each chunk: about n_chunks of them, none longer than `longest` steps (the
-    chunk's tasks are drawn up front, so its length sets the memory a long run needs)."""
+    """(start, stop) of about n_chunks chunks, none over `longest` steps (a chunk's
+    tasks are drawn up front, so its length sets the memory)."""
     size = min(-(-n_steps // n_chunks), longest)
     return [(a, min(a + size, n_steps)) for a in range(0, n_steps, size)]
 
 
 def step_keys(keys, n_steps):
-    """Each run's key split once into one key per step, on the host: shape (n_steps, runs, 2)."""
+    """Each run's key split into a key per step, on the host: (n_steps, runs, 2)."""
     return np.stack([np.asarray(random.split(key, n_steps)) for key in keys], axis=1)
 
 
 def compile_training(step_fn, params, setup, runs):
-    """train_chunk compiled for every chunk length of the run, before anything runs: XLA's own
-    account of the memory each needs is then known (memory_analysis), and the timer of `train`
-    sees only training. params are one run's; the compiled loops take `runs` of them."""
+    """train_chunk compiled for every chunk length and `runs` runs of params, up front:
+    their memory (XLA's count) is known, and `train` times training only."""
     state = jax.eval_shape(vmap(opt_init), tree_map(
         lambda a: jax.ShapeDtypeStruct((runs, *a.shape), a.dtype), params))
     static = dict(step_fn=step_fn, n_tasks=setup["tasks"], k=setup["k"])
     return {n: train_chunk.lower(state, jax.ShapeDtypeStruct((n, runs, 2), jnp.uint32),
-                                 jax.ShapeDtypeStruct((n,), jnp.int32), setup["amp_range"],
-                                 setup["alpha"], **static).compile()
+                                 jax.ShapeDtypeStruct((n,), jnp.int32),
+                                 setup["amp_range"], setup["alpha"], **static).compile()
             for n in {b - a for a, b in chunks(setup["steps"])}}
 # -8<- [end:chunks]
 
 
 # -8<- [start:train]
 def train(compiled, params, keys, setup, name, log=print, resume=None, at_chunk=None):
-    """Train params (a leading run axis on every leaf) for setup["steps"] steps, run r on the task
-    stream of keys[r], showing progress: the trained params, every step's loss (steps, runs), and
-    the steady seconds per step of all runs. Stops (exit 1) when a loss is not a finite number.
-    resume=(opt_state, offset, losses) goes on from an optimizer state, its steps numbered from
-    offset (studies.plateau trains a second block), after the first len(losses) steps of this
-    stream (a checkpoint's); it then gives back the optimizer state in place of the params.
-    at_chunk(opt_state, done, losses) is called after every chunk: the checkpoint."""
+    """Train params (run axis first on every leaf) for setup["steps"] steps, run r on
+    keys[r]'s tasks, with progress: trained params, every loss (steps, runs), steady
+    seconds per step; exit 1 on a non-finite loss. resume=(opt_state, offset, losses)
+    goes on after len(losses) steps, numbered from offset (studies.plateau), and returns
+    the state. at_chunk(opt_state, done, losses) per chunk: the checkpoint."""
     n_steps, spans = setup["steps"], chunks(setup["steps"])
-    all_keys = step_keys(keys, n_steps)  # run r, step i: sample_tasks(all_keys[i, r], ...)
-    opt_state, offset, losses = (vmap(opt_init)(params), 0, []) if resume is None else resume
+    all_keys = step_keys(keys, n_steps)  # run r, step i: all_keys[i, r]
+    opt_state, offset, losses = resume or (vmap(opt_init)(params), 0, [])
     losses = [np.asarray(losses)] if len(losses) else []
     done = first = len(losses[0]) if losses else 0
     t0 = t_steady = time.perf_counter()
     for c, (a, b) in enumerate((a, b) for a, b in spans if b > done):
-        if c == 1:  # the first chunk warms up the runtime; time the steady state after it
+        if c == 1:  # the first chunk warms up the runtime: time what follows
             t_steady, first = time.perf_counter(), a
         opt_state, chunk_losses = compiled[b - a](opt_state, all_keys[a:b], np.arange(
             offset + a, offset + b, dtype=np.int32), setup["amp_range"], setup["alpha"])
-        losses.append(np.asarray(chunk_losses))  # waits for the chunk: the progress line is honest
+        losses.append(np.asarray(chunk_losses))  # waits for the chunk: honest progress
         stop_if_diverged(losses[-1], name, offset + a, len(keys))
-        progress(log, name, b, n_steps, losses[-1], (b - done) / (time.perf_counter() - t0),
-                 (c + 1) % -(-len(spans) // 20) == 0)  # a line every 1/20 of the run
+        report.progress(log, name, (done, b, n_steps), losses[-1], t0,
+                        (c + 1) % -(-len(spans) // 20) == 0)  # every 1/20 of the run
         if at_chunk is not None:
             at_chunk(opt_state, b, np.concatenate(losses))
-    steady = (time.perf_counter() - t_steady) / (n_steps - first) if first > done else math.nan
-    return (get_params(opt_state) if resume is None else opt_state), np.concatenate(losses), steady
+    took = time.perf_counter() - t_steady
+    steady = took / (n_steps - first) if first > done else math.nan
+    trained = get_params(opt_state) if resume is None else opt_state
+    return trained, np.concatenate(losses), steady
 
 
 def stop_if_diverged(losses, name, first_step, runs):
-    """Exit 1, in one line, if a loss of the chunk (steps, runs) is not a finite number."""
+    """Exit 1, in one line, if a loss of the chunk (steps, runs) is not finite."""
     if not np.all(np.isfinite(losses)):
         bad, run = np.argwhere(~np.isfinite(losses))[0]
         which = f"{name} (run {run})" if runs > 1 else name
         sys.exit(f"experiment.py: {which} diverged at step {first_step + bad} (loss is "
                  f"{losses[bad, run]}); nothing was written. Try a smaller --alpha.")
-
-
-def progress(log, name, step, n_steps, losses, per_s, due):
-    """The progress line, when it is due and at the end."""
-    if due or step == n_steps:
-        log(f"{name}: step {step:>7,}/{n_steps:,}  loss {losses.mean():8.4f}  "
-            f"{per_s:8,.0f} steps/s  {(n_steps - step) / per_s:5.1f} s left")
 # -8<- [end:train]
 
 
 # -8<- [start:eval_tasks]
 def eval_tasks(key, n_tasks, k, amp_range, n_test=100):
-    """Held-out tasks: K support points each, and the true function at n_test points on [-5, 5]."""
+    """Held-out tasks: K support points each, the true function at n_test points."""
     sinusoid, x1 = sample_sinusoids(key, n_tasks, k, amp_range)
     x_test = jnp.linspace(-5.0, 5.0, n_test)[:, None]
     return x1, sinusoid(x1), x_test, sinusoid(x_test)
@@ -177,25 +171,26 @@ def eval_tasks(key, n_tasks, k, amp_range, n_test=100):
 
 def inner_steps(params, x1, y1, alpha, n_steps, update=inner_update, checkpoint=False,
                 track=None):
-    """n_steps of `update` on one task's support set as one lax.scan (traced once, so the program
-    stays the same size for any n_steps): the adapted params, and track(params) before each step.
-    With checkpoint, reverse mode keeps only each step's input and recomputes the step on the way
-    back (less memory, one more forward pass). Every "n inner steps" of the project is this one."""
+    """n_steps of `update` on a support set in one lax.scan (traced once, any n_steps):
+    adapted params, track(params) before each step. Checkpointed, reverse mode keeps
+    only step inputs and recomputes (less memory, a forward pass more)."""
     def body(p, _):
         return update(p, x1, y1, alpha), None if track is None else track(p)
-    if checkpoint:  # scan already keeps XLA from merging the recomputation away: prevent_cse off
+    if checkpoint:  # scan already keeps XLA from merging the recomputation away: no CSE
         body = jax.checkpoint(body, prevent_cse=False)
     return lax.scan(body, params, length=n_steps)
 
 
 @partial(jit, static_argnames=("n_steps", "update"))
-def adaptation_curves(params, x1, y1, x_test, y_test, alpha, n_steps, update=inner_update):
-    """Test MSE of every task after 0, 1, ..., n_steps steps of `update` on its own support set,
-    shape (n_tasks, n_steps + 1). A variant with its own inner update (Meta-SGD) passes it."""
+def adaptation_curves(params, x1, y1, x_test, y_test, alpha, n_steps,
+                      update=inner_update):
+    """Test MSE of every task after 0, 1, ..., n_steps steps of `update` on its support
+    set: (n_tasks, n_steps + 1). Meta-SGD passes its own `update`."""
     def one_task(x1, y1, y_test):
         def test_mse(p):
             return loss(p, x_test, y_test)
-        adapted, mses = inner_steps(params, x1, y1, alpha, n_steps, update, track=test_mse)
+        adapted, mses = inner_steps(params, x1, y1, alpha, n_steps, update,
+                                    track=test_mse)
         return jnp.append(mses, test_mse(adapted))
     return vmap(one_task)(x1, y1, y_test)
 # -8<- [end:eval_tasks]
@@ -203,33 +198,34 @@ def adaptation_curves(params, x1, y1, x_test, y_test, alpha, n_steps, update=inn
 
 # -8<- [start:run_curves]
 def run_curves(params, tasks, k, alphas, n_steps=max(EVAL_STEPS), update=inner_update):
-    """adaptation_curves of every run on the same held-out tasks, run r with step size alphas[r]:
-    an array of shape (runs, n_tasks, n_steps + 1)."""
+    """adaptation_curves of every run on the same held-out tasks, run r with step size
+    alphas[r]: an array of shape (runs, n_tasks, n_steps + 1)."""
     x1, y1, x_test, y_test = tasks
     curves = vmap(partial(adaptation_curves, n_steps=n_steps, update=update),
                   in_axes=(0, None, None, None, None, 0))
     return np.asarray(curves(params, x1[:, :k], y1[:, :k], x_test, y_test, alphas))
 
 
-def tune_step_size(params, tasks, k, candidates=(1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2)):
-    """Each run's fine-tuning step size for the baseline: the candidate with the lowest mean
-    validation MSE after 1, 5 and 10 steps (a step size that diverges counts as infinitely bad)."""
-    runs = len(tree_leaves(params)[0])
-    scores = []
+def tune_step_size(params, tasks, k,
+                   candidates=(1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2)):
+    """Each run's fine-tuning step size for the baseline: the candidate of lowest mean
+    validation MSE after 1, 5 and 10 steps (one that diverges is infinitely bad)."""
+    runs, scores = len(tree_leaves(params)[0]), []
     for a in candidates:
         c = run_curves(params, tasks, k, np.full(runs, a, np.float32))[:, :, [1, 5, 10]]
-        scores.append(np.where(np.isfinite(c).all(axis=(1, 2)), c.mean(axis=(1, 2)), np.inf))
+        finite = np.isfinite(c).all(axis=(1, 2))
+        scores.append(np.where(finite, c.mean(axis=(1, 2)), np.inf))
     return np.asarray(candidates)[np.argmin(scores, axis=0)]
 # -8<- [end:run_curves]
 
 
 # -8<- [start:evaluate]
 def evaluate(params, setup, args, keys):
-    """Held-out MSE curves of both models for every K, on run 0's validation and test tasks:
-    MAML adapts with its own alpha, the baseline with a step size tuned on the validation tasks.
-    Stops the program (exit 1) if adaptation diverges on most tasks of a run: a mean of the few
-    survivors would be garbage."""
-    val, test = (eval_tasks(key, args.eval_tasks, max(EVAL_KS), setup["amp_range"]) for key in keys)
+    """Both models' held-out MSE curves for every K on run 0's validation and test
+    tasks: MAML adapts with alpha, the baseline with a step size tuned on validation.
+    Exit 1 if a run diverges on most tasks: a mean of the rest is garbage."""
+    val, test = (eval_tasks(key, args.eval_tasks, max(EVAL_KS), setup["amp_range"])
+                 for key in keys)
     curves, step_sizes = {}, {}
     for k in EVAL_KS:
         for name in params:
@@ -238,34 +234,34 @@ def evaluate(params, setup, args, keys):
             curves[name, k] = run_curves(params[name], test, k, step_sizes[name, k])
     for (name, k), r, diverged in report.most_diverged(curves):
         sys.exit(f"experiment.py: {name} adaptation (run {r}, step size "
-                 f"{step_sizes[name, k][r]:g}) diverged on {diverged} of {args.eval_tasks} "
-                 f"held-out tasks (K = {k}); nothing was written. Try a smaller --alpha.")
+                 f"{step_sizes[name, k][r]:g}) diverged on {diverged} of "
+                 f"{args.eval_tasks} held-out tasks (K = {k}); nothing was written. "
+                 "Try a smaller --alpha.")
     return test, curves, step_sizes
 # -8<- [end:evaluate]
 
 
 # -8<- [start:parse_args]
 def parse_args(argv=None):
-    """The flags and the setup they choose; preflight.py defines them and stops a bad value."""
+    """The flags and the setup they choose (preflight.py defines and checks them)."""
     return preflight.parse_args(argv, SETUPS, DEFAULT)
 
 
 def run_keys(seed, runs):
-    """The five keys of every run: initial parameters, MAML's task stream, the baseline's, the
-    validation tasks and the test tasks, each an array of shape (runs, 2). Run r derives its keys
-    from seed + r, so run 0 is the single run of the same seed."""
-    return np.stack([np.asarray(random.split(random.PRNGKey(seed + r), 5)) for r in range(runs)], 1)
+    """Five keys per run, each (runs, 2): initial params, MAML's tasks, the baseline's,
+    validation, test. Run r's are seed + r's: run 0 is the lone run of that seed."""
+    return np.stack([np.asarray(random.split(random.PRNGKey(seed + r), 5))
+                     for r in range(runs)], 1)
 # -8<- [end:parse_args]
 
 
-# The code a checkpoint's numbers depend on beyond the flags: another version refuses to resume.
+# The code a checkpoint's numbers depend on beyond the flags: a resume refuses others.
 CODE = [SETUPS, EVAL_KS, EVAL_STEPS, code_init, stax_init, pretrain_loss]
 
 
 # -8<- [start:compile_evaluation]
 def compile_evaluation(setup, args):
-    """The evaluation's programs (drawing the held-out tasks, adapting every run to them),
-    compiled for their shapes, so that XLA's count of their memory is known before they run."""
+    """The evaluation's programs compiled from shapes: XLA counts their memory first."""
     key, runs = random.PRNGKey(0), args.seeds
     draw = partial(eval_tasks, n_tasks=args.eval_tasks, k=max(EVAL_KS),
                    amp_range=setup["amp_range"])
@@ -274,24 +270,28 @@ def compile_evaluation(setup, args):
     curves = vmap(partial(adaptation_curves, n_steps=max(EVAL_STEPS)),
                   in_axes=(0, None, None, None, None, 0))
     return [jit(draw).lower(key).compile(), jit(curves).lower(
-        params, *jax.eval_shape(draw, key), jax.ShapeDtypeStruct((runs,), jnp.float32)).compile()]
+        params, *jax.eval_shape(draw, key),
+        jax.ShapeDtypeStruct((runs,), jnp.float32)).compile()]
 # -8<- [end:compile_evaluation]
 
 
 # -8<- [start:train_both]
 def train_both(ap, args, setup, init, streams, stopper):
-    """Compile both training loops and the evaluation, stop if they cannot fit in memory, then
-    train MAML and the baseline, each on its own task stream (streams: their keys per run), from
-    the checkpoint in --out if --resume finds one, saving one after every chunk."""
+    """Compile both training loops and the evaluation, stop if memory is short, then
+    train MAML and the baseline, each on its own task stream (streams: keys per run),
+    from --out's checkpoint if --resume finds one, saving one per chunk."""
     t0, mark = time.perf_counter(), checkpoint.fingerprint(args, setup, CODE)
-    states = jax.eval_shape(vmap(opt_init), init)
-    saved = checkpoint.open_run(ap.error, args.out, mark, {name: tree_structure(states) for name in
-                                                           ("MAML", "pretrained")}, args.resume)
-    preflight.check_tasks(ap.error, args, setup, max(b - a for a, b in chunks(setup["steps"])))
-    compiled = {name: compile_training(fn, tree_map(lambda a: a[0], init), setup, args.seeds)
+    structure = tree_structure(jax.eval_shape(vmap(opt_init), init))
+    saved = checkpoint.open_run(ap.error, args.out, mark, dict(
+        MAML=structure, pretrained=structure), args.resume)
+    preflight.check_tasks(ap.error, args, setup,
+                          max(b - a for a, b in chunks(setup["steps"])))
+    one = tree_map(lambda a: a[0], init)
+    compiled = {name: compile_training(fn, one, setup, args.seeds)
                 for name, fn in (("MAML", step), ("pretrained", pretrain_step))}
     preflight.check_compiled(ap.error, args, setup, [
-        c for loops in compiled.values() for c in loops.values()], compile_evaluation(setup, args))
+        c for loops in compiled.values() for c in loops.values()],
+        compile_evaluation(setup, args))
     print(f"compiled in {time.perf_counter() - t0:.1f} s; memory checked")
     stopper.stop_if_asked("experiment.py: stopped before training; nothing was written")
     checkpoint.begin(ap.error, args.out)
@@ -303,12 +303,11 @@ def train_both(ap, args, setup, init, streams, stopper):
             at_chunk=checkpoint.saver(args, mark, saved, name, stopper, setup["steps"]))
         params[name] = get_params(opt_state)
     ms = 1e3 * per_step["MAML"]
-    print("meta-training: " + ("resumed, not timed" if math.isnan(ms) else f"{ms:.3f} ms per "
-          "meta-step" + (f" of {args.seeds} runs, {ms / args.seeds:.3f} ms per run-step"
-                         if args.seeds > 1 else "") + " (steady state: compile, first chunk out)"))
+    runs = f" of {args.seeds} runs, {ms / args.seeds:.3f} ms per run-step" \
+        if args.seeds > 1 else ""
+    print("meta-training: " + ("resumed, not timed" if math.isnan(ms) else
+          f"{ms:.3f} ms per meta-step{runs} (steady state: compile, first chunk out)"))
     return params, losses, ms
-
-
 # -8<- [end:train_both]
 
 
@@ -321,19 +320,20 @@ def main(argv=None):
 def run(args, setup, ap, stopper):
     runs = f"{args.seeds} runs (seeds {args.seed}-{args.seed + args.seeds - 1})" \
         if args.seeds > 1 else f"seed {args.seed}"
-    print(f"MAML, {args.setup} setup: {setup['steps']:,} steps of {setup['tasks']:,} tasks, "
-          f"K = {setup['k']:,}, alpha = {setup['alpha']:g}, amplitude U{list(setup['amp_range'])}; "
-          f"{runs}; {jax.devices()[0].platform}")
+    print(f"MAML, {args.setup} setup: {setup['steps']:,} steps of {setup['tasks']:,} "
+          f"tasks, K = {setup['k']:,}, alpha = {setup['alpha']:g}, amplitude "
+          f"U{list(setup['amp_range'])}; {runs}; {jax.devices()[0].platform}")
     k_init, k_maml, k_base, k_val, k_test = run_keys(args.seed, args.seeds)
     with checkpoint.removed_on_failure(args.out):
-        params, losses, ms = train_both(ap, args, setup, vmap(INITS[setup["init"]])(k_init),
-                                        (k_maml, k_base), stopper)
+        init = vmap(INITS[setup["init"]])(k_init)
+        params, losses, ms = train_both(ap, args, setup, init, (k_maml, k_base),
+                                        stopper)
         test, curves, step_sizes = evaluate(params, setup, args, (k_val[0], k_test[0]))
-    paper = setup["amp_range"] == SETUPS["paper"]["amp_range"]  # the paper's tasks, its numbers
+    paper = setup["amp_range"] == SETUPS["paper"]["amp_range"]  # its tasks, its numbers
     results = report.results_data(
         command=program.command("experiment.py", args.argv),
-        setup_name=args.setup, setup=setup, eval_tasks=args.eval_tasks, eval_steps=EVAL_STEPS,
-        seeds=list(range(args.seed, args.seed + args.seeds)),
+        setup_name=args.setup, setup=setup, eval_tasks=args.eval_tasks,
+        eval_steps=EVAL_STEPS, seeds=list(range(args.seed, args.seed + args.seeds)),
         paper=PAPER_MSE_K5 if paper else None,
         curves=curves, step_sizes=step_sizes, losses=losses, ms_per_step=ms)
     table = report.write_run(args.out, params, test, results, losses, jit(

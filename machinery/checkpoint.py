@@ -1,11 +1,12 @@
-"""A long run that survives being killed: the whole training state saved at chunk boundaries,
-whole or not at all; a resume that ends bit for bit where an uninterrupted run ends; Ctrl-C and
-SIGTERM that stop at the next boundary; one live run per folder.
+"""A long run that survives being killed: the whole training state saved at chunk
+boundaries, whole or not at all; a resume that ends bit for bit where an uninterrupted
+run ends; Ctrl-C and SIGTERM that stop at the next boundary; one live run per folder.
 
-The state of a run is a few arrays (each model's parameters, Adam's moments and step count, the
-losses so far) and the step it reached: every task batch comes from keys derived from the seed up
-front, so nothing else needs saving. The file is an .npz: the arrays, and a JSON record of what
-made them (the flags, the setups, the versions) that a resume must match, with a checksum.
+The state of a run is a few arrays (each model's parameters, Adam's moments and step
+count, the losses so far) and the step it reached: every task batch comes from keys
+derived from the seed up front, so nothing else needs saving. The file is an .npz: the
+arrays, and a JSON record of what made them (the flags, the setups, the versions) that a
+resume must match, with a checksum.
 """
 import contextlib
 import hashlib
@@ -26,19 +27,21 @@ NAME = "checkpoint.npz"
 
 
 class Refused(Exception):
-    """A checkpoint that must not be resumed: foreign, truncated or corrupt. Its text is the
-    one-line reason."""
+    """A checkpoint that must not be resumed: foreign, truncated or corrupt. Its text is
+    the one-line reason."""
 
 
 # -8<- [start:save]
 def save(folder, fingerprint, progress):
-    """Write the checkpoint of a run: progress maps each model to (opt_state, done, losses), the
-    state after `done` steps and their losses (done, runs). Written beside, then renamed over
-    the last one: a crash at any instant leaves the previous checkpoint or this one, whole."""
+    """Write the checkpoint of a run: progress maps each model to (opt_state, done,
+    losses), the state after `done` steps and their losses (done, runs). Written beside,
+    then renamed over the last one: a crash at any instant leaves the previous
+    checkpoint or this one, whole."""
     arrays, models = {}, {}
     for name, (opt_state, done, losses) in progress.items():
         leaves, _ = tree_flatten(opt_state)
-        arrays.update({f"{name}/{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
+        arrays.update({f"{name}/{i}": np.asarray(leaf)
+                       for i, leaf in enumerate(leaves)})
         arrays[f"{name}/losses"] = np.asarray(losses, np.float32)
         models[name] = dict(done=int(done), leaves=len(leaves))
     meta = dict(fingerprint=fingerprint, models=models, checksum=checksum(arrays))
@@ -53,30 +56,34 @@ def save(folder, fingerprint, progress):
 
 
 def fingerprint(args, setup, code):
-    """What a checkpoint must match to be resumed: the run's flags and setup (every value that
-    changes a number), the versions that compute it (another jax draws other bits), and a hash
-    of the code's setups (data as JSON, functions by their source)."""
+    """What a checkpoint must match to be resumed: the run's flags and setup (every
+    value that changes a number), the versions that compute it (another jax draws other
+    bits), and a hash of the code's setups (data as JSON, functions by their source)."""
     import jax
     import jaxlib
 
-    text = json.dumps([inspect.getsource(c) if callable(c) else c for c in code], default=str)
+    text = json.dumps([inspect.getsource(c) if callable(c) else c for c in code],
+                      default=str)
     mark = dict(setup, name=args.setup, seed=args.seed, seeds=args.seeds,
-                eval_tasks=args.eval_tasks, jax=jax.__version__, jaxlib=jaxlib.__version__,
+                eval_tasks=args.eval_tasks, jax=jax.__version__,
+                jaxlib=jaxlib.__version__,
                 setups=hashlib.sha256(text.encode()).hexdigest()[:16])
     return json.loads(json.dumps(mark))  # as a saved one reads back: tuples as lists
 
 
 def saver(args, mark, saved, name, stopper, steps):
-    """train's at_chunk for model `name`: at a chunk boundary, the checkpoint of both models,
-    then a stop if Ctrl-C or SIGTERM asked for one, with the command that goes on. A small run's
-    chunks last a fraction of a second, and a write with its fsync tens of milliseconds: so the
-    checkpoint is skipped if the last is under --checkpoint-every seconds old (a kill then loses
-    at most that, and a chunk), unless a stop was asked or the model is done."""
+    """train's at_chunk for model `name`: at a chunk boundary, the checkpoint of both
+    models, then a stop if Ctrl-C or SIGTERM asked for one, with the command that goes
+    on. A small run's chunks last a fraction of a second, and a write with its fsync
+    tens of milliseconds: so the checkpoint is skipped if the last is under
+    --checkpoint-every seconds old (a kill then loses at most that, and a chunk), unless
+    a stop was asked or the model is done."""
     last = [time.monotonic()]
 
     def at_chunk(opt_state, done, losses):
         saved[name] = (opt_state, done, losses)
-        if stopper.signal is None and done < steps and time.monotonic() - last[0] < args.checkpoint_every:
+        recent = time.monotonic() - last[0] < args.checkpoint_every
+        if stopper.signal is None and done < steps and recent:
             return
         save(args.out, mark, saved)
         last[0] = time.monotonic()
@@ -98,9 +105,10 @@ def checksum(arrays):
 
 # -8<- [start:load]
 def load(folder, fingerprint, structures):
-    """The progress saved in folder (as save was given it), or None if there is no checkpoint.
-    Raises Refused if it was made with other flags or another version of the code's setups, or
-    if it is truncated or corrupt. structures: each model's opt_state tree structure."""
+    """The progress saved in folder (as save was given it), or None if there is no
+    checkpoint. Raises Refused if it was made with other flags or another version of the
+    code's setups, or if it is truncated or corrupt. structures: each model's opt_state
+    tree structure."""
     path = os.path.join(folder, NAME)
     if not os.path.exists(path):
         return None
@@ -109,13 +117,15 @@ def load(folder, fingerprint, structures):
             arrays = {name: f[name] for name in f.files}
         meta = json.loads(arrays.pop("meta").tobytes())
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise Refused(f"{path} is truncated or corrupt ({type(e).__name__}); delete it to start "
-                      "again") from None
+        raise Refused(f"{path} is truncated or corrupt ({type(e).__name__}); delete it "
+                      "to start again") from None
     if meta.get("checksum") != checksum(arrays):
-        raise Refused(f"{path} is corrupt (its checksum does not match); delete it to start again")
+        raise Refused(f"{path} is corrupt (its checksum does not match); delete it to "
+                      "start again")
     if meta["fingerprint"] != fingerprint:
-        raise Refused(f"{path} was made by another run: {difference(meta['fingerprint'], fingerprint)}"
-                      "; resume it with its own command, or choose another --out")
+        raise Refused(f"{path} was made by another run: "
+                      f"{difference(meta['fingerprint'], fingerprint)}; resume it with "
+                      "its own command, or choose another --out")
     progress = {}
     for name, m in meta["models"].items():
         leaves = [arrays[f"{name}/{i}"] for i in range(m["leaves"])]
@@ -138,37 +148,40 @@ def remove(folder):
 
 
 def open_run(error, folder, fingerprint, structures, resume):
-    """Before anything is compiled: hold `folder` if it exists (error, one line, if a live run
-    holds it), and the progress to resume from, {} for a fresh start. A checkpoint is never
-    overwritten unasked: without --resume one is refused, as is one that is foreign or torn."""
+    """Before anything is compiled: hold `folder` if it exists (error, one line, if a
+    live run holds it), and the progress to resume from, {} for a fresh start. A
+    checkpoint is never overwritten unasked: without --resume one is refused, as is one
+    that is foreign or torn."""
     if os.path.isdir(folder) and not lock(folder, hold=False):
-        error(f"argument --out: another run is writing to {folder!r} (a live process holds it); "
-              "wait for it to end, or choose another --out")
+        error(f"argument --out: another run is writing to {folder!r} (a live process "
+              "holds it); wait for it to end, or choose another --out")
     try:
         progress = load(folder, fingerprint, structures) or {}
     except Refused as e:
         error(f"argument --resume: {e}")
     if progress and not resume:
         done = ", ".join(f"{name} {p[1]:,} steps" for name, p in progress.items())
-        error(f"argument --out: {folder!r} holds the checkpoint of an unfinished run ({done} "
-              "done): add --resume to go on with it, or choose another --out")
+        error(f"argument --out: {folder!r} holds the checkpoint of an unfinished run "
+              f"({done} done): add --resume to go on with it, or choose another --out")
     return progress
 
 
 def begin(error, folder):
-    """Make the folder and hold it, once the run is about to train (a refusal before this point
-    leaves no folder behind)."""
+    """Make the folder and hold it, once the run is about to train (a refusal before
+    this point leaves no folder behind)."""
     os.makedirs(folder, exist_ok=True)
     if not lock(folder):
-        error(f"argument --out: another run is writing to {folder!r} (a live process holds it)")
+        error(f"argument --out: another run is writing to {folder!r} (a live process "
+              "holds it)")
 
 
 # -8<- [start:lock]
 def lock(folder, hold=True):
-    """Hold `folder` for this process until it exits (hold=False: only ask whether a live run
-    holds it): a second run into it is refused. The lock is the kernel's (flock on the folder itself), so a run that is killed releases it with its
-    death: a stale lock cannot block a resume. Returns False if a live run holds it. Where the
-    system has no fcntl (Windows), nothing is locked and this returns True."""
+    """Hold `folder` for this process until it exits (hold=False: only ask whether a
+    live run holds it): a second run into it is refused. The lock is the kernel's (flock
+    on the folder itself), so a run that is killed releases it with its death: a stale
+    lock cannot block a resume. Returns False if a live run holds it. Where the system
+    has no fcntl (Windows), nothing is locked and this returns True."""
     try:
         import fcntl
     except ImportError:
@@ -187,8 +200,9 @@ def lock(folder, hold=True):
 
 @contextlib.contextmanager
 def removed_on_failure(folder):
-    """A run that fails (diverges: exit 1) leaves no checkpoint, and no folder it emptied: it
-    would fail again the same way. A stopped run (130, 143) keeps its checkpoint."""
+    """A run that fails (diverges: exit 1) leaves no checkpoint, and no folder it
+    emptied: it would fail again the same way. A stopped run (130, 143) keeps its
+    checkpoint."""
     try:
         yield
     except SystemExit as e:
@@ -200,13 +214,13 @@ def removed_on_failure(folder):
 
 
 # -8<- [start:stopping]
-STOP_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as shells report
+STOP_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as in shells
 
 
 class Stopper:
-    """While training: the first Ctrl-C or SIGTERM asks to stop at the next chunk boundary
-    (where the checkpoint is saved); a second one stops at once, as the signal would have,
-    leaving the previous checkpoint."""
+    """While training: the first Ctrl-C or SIGTERM asks to stop at the next chunk
+    boundary (where the checkpoint is saved); a second one stops at once, as the signal
+    would have, leaving the previous checkpoint."""
 
     def __init__(self):
         self.signal = None
@@ -224,7 +238,7 @@ class Stopper:
             signal.signal(s, handler)
 
     def stop_if_asked(self, line):
-        """At a boundary (after the checkpoint, if any): exit with 130 or 143 and one line."""
+        """At a boundary, after any checkpoint: exit 130 or 143 with one line."""
         if self.signal is not None:
             print(line, file=sys.stderr)
             sys.exit(STOP_CODES[self.signal])

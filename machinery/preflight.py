@@ -1,7 +1,8 @@
-"""What stops a run of experiment.py before it starts: a flag's bad value, an output folder that
-cannot be written, a run too big for memory (by XLA's own count of the compiled programs, against
-what the device has). Each stops the program within seconds with one line naming the flag (exit
-2), instead of failing after an hour of training, and before anything is written.
+"""What stops a run of experiment.py before it starts: a flag's bad value, an output
+folder that cannot be written, a run too big for memory (by XLA's own count of the
+compiled programs, against what the device has). Each stops the program within seconds
+with one line naming the flag (exit 2), instead of failing after an hour of training,
+and before anything is written.
 """
 import math
 import os
@@ -12,53 +13,67 @@ from machinery.program import checked
 
 
 def check_args(ap, args):
-    """What no single flag's type can check: the last seed, and that --out can be written (now,
-    not after training, and without creating it: a refusal leaves no empty folder)."""
+    """What no single flag's type can check: the last seed, and that --out can be
+    written (now, not after training, and without creating it: a refusal leaves no empty
+    folder)."""
     if args.seed + args.seeds > 2**32:
-        ap.error(f"argument --seeds: run r uses seed {args.seed} + r, which must stay below 2**32; "
-                 f"expected at most {2**32 - args.seed:,}, got {args.seeds:,}")
+        ap.error(f"argument --seeds: run r uses seed {args.seed} + r, which must stay "
+                 f"below 2**32; expected at most {2**32 - args.seed:,}, got "
+                 f"{args.seeds:,}")
     program.check_out(ap.error, args.out)
 
 
 def defaults(setups, name):
-    """The setups' values of a flag, for its help: (paper 70,000, code 70,000, blog 20,000)."""
+    """A flag's values in the setups, for its help: (paper 70,000, code 70,000, ...)."""
     return "(" + ", ".join(f"{s} {setups[s][name]:,}" for s in setups) + ")"
 
 
-def parse_args(argv, setups, default):
-    """experiment.py's flags, and the setup they choose: one of `setups`, with the values the
-    flags override, `default` without --setup. A bad value stops the program here with one line
-    naming the flag (exit 2)."""
+def add_flags(ap, setups, default):
+    """experiment.py's flags on `ap`, each with its check and its default (a setup's
+    value where the setup sets it)."""
     count = checked(int, lambda v: v >= 1, "a whole number >= 1")
-    ap = program.parser("experiment.py", "MAML on the sinusoid regression of Finn et al. 2017.")
-    ap.add_argument("--setup", choices=setups, default=default, help="the paper's text, the "
-                    f"authors' released code, or the 2019 blog ({default})")
-    for flag, metavar, what in (("steps", "N", "meta-training steps, and the baseline's"),
-                                ("tasks", "N", "tasks per meta-batch"),
-                                ("k", "K", "support and query points per task")):
+    ap.add_argument("--setup", choices=setups, default=default, help="the paper's "
+                    f"text, the authors' released code, or the 2019 blog ({default})")
+    for flag, metavar, what in (
+            ("steps", "N", "meta-training steps, and the baseline's"),
+            ("tasks", "N", "tasks per meta-batch"),
+            ("k", "K", "support and query points per task")):
         ap.add_argument(f"--{flag}", type=count, metavar=metavar,
                         help=f"{what} {defaults(setups, flag)}")
     positive = checked(float, lambda v: 0 < v < math.inf, "a finite number > 0")
     ap.add_argument("--alpha", type=positive, metavar="A",
                     help="inner step size " + defaults(setups, "alpha"))
-    ap.add_argument("--seed", default=0, metavar="S",
-                    type=checked(int, lambda v: 0 <= v < 2**32, "a whole number in [0, 2**32)"),
+    seed = checked(int, lambda v: 0 <= v < 2**32, "a whole number in [0, 2**32)")
+    ap.add_argument("--seed", default=0, metavar="S", type=seed,
                     help="seed of run 0; run r uses seed S + r (0)")
     ap.add_argument("--seeds", type=count, default=1, metavar="N",
                     help="independent runs, trained together as one computation (1)")
-    ap.add_argument("--eval-tasks", type=checked(int, lambda v: v >= 2, "a whole number >= 2"),
-                    default=600, metavar="N", help="held-out tasks to evaluate on (600)")
-    ap.add_argument("--out", metavar="DIR", help="folder for the figures, results.json, "
-                    "results.txt and params.npz, created when missing (runs/SETUP-seedS, which "
-                    "git ignores; the committed results are remade with --out figures/...)")
-    ap.add_argument("--checkpoint-every", type=checked(float, lambda v: v >= 0, "a number >= 0"),
-                    default=10.0, metavar="S", help="seconds between checkpoints, at chunk "
-                    "boundaries; one is always saved at a stop and at a model's end (10)")
-    ap.add_argument("--resume", action="store_true", help="go on from the checkpoint in --out "
-                    "of a run with the same flags, if there is one; start if there is none")
+    two = checked(int, lambda v: v >= 2, "a whole number >= 2")
+    ap.add_argument("--eval-tasks", type=two, default=600, metavar="N",
+                    help="held-out tasks to evaluate on (600)")
+    ap.add_argument("--out", metavar="DIR", help="folder for the figures, "
+                    "results.json, results.txt and params.npz, created when missing "
+                    "(runs/SETUP-seedS, which git ignores; the committed results are "
+                    "remade with --out figures/...)")
+    seconds = checked(float, lambda v: v >= 0, "a number >= 0")
+    ap.add_argument("--checkpoint-every", type=seconds, default=10.0, metavar="S",
+                    help="seconds between checkpoints, at chunk boundaries; one is "
+                    "always saved at a stop and at a model's end (10)")
+    ap.add_argument("--resume", action="store_true", help="go on from the checkpoint "
+                    "in --out of a run with the same flags, if there is one; start if "
+                    "there is none")
+
+
+def parse_args(argv, setups, default):
+    """experiment.py's flags, and the setup they choose: one of `setups`, with the
+    values the flags override, `default` without --setup. A bad value stops the program
+    here with one line naming the flag (exit 2)."""
+    ap = program.parser("experiment.py",
+                        "MAML on the sinusoid regression of Finn et al. 2017.")
+    add_flags(ap, setups, default)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
-    args.argv = [word for word in argv if word != "--resume"]  # the command of the results
+    args.argv = [word for word in argv if word != "--resume"]  # the results' command
     args.out = args.out or os.path.join("runs", f"{args.setup}-seed{args.seed}")
     check_args(ap, args)
     setup, args.defaults = dict(setups[args.setup]), setups[args.setup]
@@ -68,8 +83,9 @@ def parse_args(argv, setups, default):
 
 
 def available():
-    """Bytes the default device can still take: what the accelerator reports, or on the CPU the
-    operating system's count of available memory (free memory plus caches it can drop)."""
+    """Bytes the default device can still take: what the accelerator reports, or on the
+    CPU the operating system's count of available memory (free memory plus caches it can
+    drop)."""
     import jax
 
     stats = jax.devices()[0].memory_stats() or {}
@@ -77,15 +93,16 @@ def available():
         return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
     try:
         with open("/proc/meminfo") as f:
-            return 1024 * int(next(ln for ln in f if ln.startswith("MemAvailable:")).split()[1])
+            line = next(ln for ln in f if ln.startswith("MemAvailable:"))
+            return 1024 * int(line.split()[1])
     except (OSError, StopIteration):  # not Linux: the free pages
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 # -8<- [start:memory]
 def needs(compiled):
-    """The bytes one call of a compiled computation holds at its peak, by XLA's own account:
-    its arguments, its outputs and its temporaries."""
+    """The bytes one call of a compiled computation holds at its peak, by XLA's own
+    account: its arguments, its outputs and its temporaries."""
     m = compiled.memory_analysis()
     return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
 
@@ -97,21 +114,24 @@ def readable(n_bytes):
 
 
 def refuse_if_over(error, flags, what, need, counted, lower_bound=False):
-    """Call error (argparse's: one line, exit 2) if `need` bytes exceed what is available now.
-    `what` says what needs them, `counted` how they were counted; a lower bound says "at least".
-    flags: {flag: (value, default)} of the flags the need grows with, about in proportion; the
-    line names the one set furthest above its default, and the largest value that would fit."""
+    """Call error (argparse's: one line, exit 2) if `need` bytes exceed what is
+    available now. `what` says what needs them, `counted` how they were counted; a lower
+    bound says "at least". flags: {flag: (value, default)} of the flags the need grows
+    with, about in proportion; the line names the one set furthest above its default,
+    and the largest value that would fit."""
     free = available()
     if need > free:
         flag, (value, default) = max(flags.items(), key=lambda f: f[1][0] / f[1][1])
-        error(f"argument {flag}: {what} needs {'at least ' * lower_bound}{readable(need)} "
-              f"({counted}), more than the {readable(free)} available; expected {flag} at "
-              f"most about {max(1, int(value * free / need)):,}, got {value:,}")
+        error(f"argument {flag}: {what} needs {'at least ' * lower_bound}"
+              f"{readable(need)} ({counted}), more than the {readable(free)} available;"
+              f" expected {flag} at most about {max(1, int(value * free / need)):,}, "
+              f"got {value:,}")
 # -8<- [end:memory]
 
 
 def training(runs, steps, tasks, k):
-    return f"training {runs:,} run(s) of {steps:,} steps of {tasks:,} tasks with K = {k:,}"
+    return (f"training {runs:,} run(s) of {steps:,} steps of {tasks:,} tasks with "
+            f"K = {k:,}")
 
 
 def training_flags(args, setup):
@@ -122,9 +142,10 @@ def training_flags(args, setup):
 
 # -8<- [start:check_compiled]
 def check_tasks(error, args, setup, longest_chunk):
-    """Stop now (exit 2) if one training chunk's tasks alone, which its loop must hold, exceed the
-    available memory. A lower bound, counted before compiling: XLA is not asked to compile shapes
-    that cannot fit (jax 0.4.29's XLA crashes compiling loops over ~1e13 elements)."""
+    """Stop now (exit 2) if one training chunk's tasks alone, which its loop must hold,
+    exceed the available memory. A lower bound, counted before compiling: XLA is not
+    asked to compile shapes that cannot fit (jax 0.4.29's XLA crashes compiling loops
+    over ~1e13 elements)."""
     # x1, y1, x2, y2 of every task of every run, K numbers each, 4 bytes a float32
     need = longest_chunk * args.seeds * setup["tasks"] * 4 * setup["k"] * 4
     refuse_if_over(error, training_flags(args, setup), training(
@@ -133,15 +154,16 @@ def check_tasks(error, args, setup, longest_chunk):
 
 
 def check_compiled(error, args, setup, train_loops, evaluation):
-    """Stop now (exit 2, one line naming the flag) if training or evaluation cannot fit: XLA's
-    count of every compiled training loop (the largest) and of the evaluation's programs (all at
-    once), and the host's arrays of keys and losses. Nothing has run yet."""
+    """Stop now (exit 2, one line naming the flag) if training or evaluation cannot fit:
+    XLA's count of every compiled training loop (the largest) and of the evaluation's
+    programs (all at once), and the host's arrays of keys and losses. Nothing has run
+    yet."""
     runs, steps = args.seeds, setup["steps"]
     host = runs * steps * (8 + 2 * 4)  # each step's key, and two losses, per run
+    need = max(needs(c) for c in train_loops) + host
     refuse_if_over(error, training_flags(args, setup), training(
-        runs, steps, setup["tasks"], setup["k"]), max(needs(c) for c in train_loops) + host,
-        "XLA's count")
-    refuse_if_over(error, {"--eval-tasks": (args.eval_tasks, 600), "--seeds": (runs, 1)},
-                   f"evaluating {runs:,} run(s) on {args.eval_tasks:,} held-out tasks",
-                   sum(needs(c) for c in evaluation), "XLA's count")
+        runs, steps, setup["tasks"], setup["k"]), need, "XLA's count")
+    flags = {"--eval-tasks": (args.eval_tasks, 600), "--seeds": (runs, 1)}
+    refuse_if_over(error, flags, f"evaluating {runs:,} run(s) on {args.eval_tasks:,} "
+                   "held-out tasks", sum(needs(c) for c in evaluation), "XLA's count")
 # -8<- [end:check_compiled]

@@ -1,12 +1,14 @@
-"""What experiment.py leans on to report a run: the statistics over tasks and runs, the results as
-data (results.json), the table rendered from that data alone, the figures, whole-or-nothing writes.
+"""What experiment.py leans on to report a run: the statistics over tasks and runs, the
+results as data (results.json), the table rendered from that data alone, the figures,
+whole-or-nothing writes.
 
-The data comes first: every number the table shows is in the JSON, so programs, tests and pages
-read the JSON and the table is only one view of it.
+The data comes first: every number the table shows is in the JSON, so programs, tests
+and pages read the JSON and the table is only one view of it.
 """
 import json
 import math
 import os
+import time
 
 import numpy as np
 from jax.tree_util import tree_leaves, tree_map
@@ -19,80 +21,97 @@ RUNAWAY = 10  # a task "runs away" once its MSE exceeds 10 times its MSE before 
 PLATEAU_WINDOW = 100  # training losses are kept, and judged, as means of 100 steps
 
 
+def progress(log, name, steps, losses, t0, due):
+    """experiment.train's progress line, when due and at the end: steps is (done at t0,
+    done now, of n_steps), losses the last chunk's."""
+    first, step, n_steps = steps
+    if due or step == n_steps:
+        per_s = (step - first) / (time.perf_counter() - t0)
+        log(f"{name}: step {step:>7,}/{n_steps:,}  loss {losses.mean():8.4f}  "
+            f"{per_s:8,.0f} steps/s  {(n_steps - step) / per_s:5.1f} s left")
+
+
 def finite_tasks(mse):
     """The rows (tasks) of an MSE array whose adaptation never overflowed."""
     return mse[np.isfinite(mse).all(axis=1)]
 
 
 def most_diverged(curves):
-    """((model, K), run, count) of every run whose adaptation diverged (MSE inf or NaN) on more
-    than half its held-out tasks: a mean of the few survivors would be garbage."""
-    counts = {key: (~np.isfinite(mse).all(axis=2)).sum(axis=1) for key, mse in curves.items()}
+    """((model, K), run, count) of every run whose adaptation diverged (MSE inf or NaN)
+    on more than half its held-out tasks: a mean of the few survivors is garbage."""
+    counts = {key: (~np.isfinite(mse).all(axis=2)).sum(axis=1)
+              for key, mse in curves.items()}
     return [(key, r, int(n)) for key, c in counts.items() for r, n in enumerate(c)
             if n > curves[key].shape[1] / 2]
 
 
 # -8<- [start:intervals]
 def mean_ci(values):
-    """Mean and half-width of its 95% confidence interval (normal approximation), over tasks.
+    """Mean over tasks and the half-width of its 95% interval (normal approximation).
 
-    In float64: a task that ends far from its sinusoid can have a float32 MSE whose square
-    overflows float32."""
+    In float64: a task that ends far from its sinusoid can have a float32 MSE whose
+    square overflows float32."""
     values = np.asarray(values, np.float64)
     return values.mean(), 1.96 * values.std(ddof=1) / math.sqrt(len(values))
 
 
-# Student's t: the 0.975 quantile for 1 to 30 degrees of freedom (standard tables, 3 decimals).
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-        2.052, 2.048, 2.045, 2.042)
+# Student's t: the 0.975 quantile for 1 to 30 degrees of freedom (tables, 3 decimals).
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201,
+        2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074,
+        2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 def t975(df):
-    """The 0.975 quantile of Student's t with df degrees of freedom: the table up to 30, then the
-    first terms of its expansion around the normal's 1.96 (error below 1e-4 from 30 on)."""
+    """The 0.975 quantile of Student's t with df degrees of freedom: the table up to 30,
+    then the first terms of its expansion around 1.96 (error < 1e-4 from 30 on)."""
     if df <= len(T975):
         return T975[df - 1]
     z = 1.959964
-    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+    return (z + (z ** 3 + z) / (4 * df)
+            + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2))
 
 
 def between_runs(values):
-    """Mean over runs and the half-width of its 95% interval, Student's t with runs - 1 degrees
-    of freedom: how far another set of as many runs could land, not the noise of one run's tasks."""
+    """Mean over runs and the half-width of its 95% interval, Student's t with runs - 1
+    degrees of freedom: how far as many runs again could land, not one run's noise."""
     values = np.asarray(values, np.float64)
-    return values.mean(), t975(len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    half = t975(len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return values.mean(), half
 # -8<- [end:intervals]
 
 
 # -8<- [start:run_numbers]
 def run_numbers(mse):
-    """One run's numbers for one model and K, from its MSE array (tasks, steps + 1). For every
-    number of steps: the mean over finite tasks and its 95% interval, the median, the tasks that
-    ran away, and whether they dominate the mean (make up more than half of it). Then the tasks
-    that ended worse than they started (a NaN counts as worse), the worst, and the diverged."""
+    """One run's numbers for one model and K, from its MSE array (tasks, steps + 1). For
+    every number of steps: the mean over finite tasks and its 95% interval, the median,
+    the tasks that ran away, and whether they dominate the mean (make up more than half
+    of it). Then the tasks that ended worse than they started (a NaN counts as worse),
+    the worst, and the diverged."""
     kept = finite_tasks(mse).astype(np.float64)
     runaway = kept > RUNAWAY * kept[:, :1]
     mean, ci = np.transpose([mean_ci(column) for column in kept.T])
     worse = kept[:, -1][kept[:, -1] > kept[:, 0]]
-    return dict(mean=mean, ci=ci, median=np.median(kept, axis=0), runaway=runaway.sum(axis=0),
+    return dict(mean=mean, ci=ci, median=np.median(kept, axis=0),
+                runaway=runaway.sum(axis=0),
                 dominated=np.where(runaway, kept, 0).sum(axis=0) > kept.sum(axis=0) / 2,
-                worse=int(np.sum(~(mse[:, -1] <= mse[:, 0]))), diverged=len(mse) - len(kept),
+                worse=int(np.sum(~(mse[:, -1] <= mse[:, 0]))),
+                diverged=len(mse) - len(kept),
                 worst=worse.max() if len(worse) else None)
 # -8<- [end:run_numbers]
 
 
 # -8<- [start:over_runs]
 def over_runs(runs):
-    """The runs' means, for every number of steps: their mean and between-run interval, median,
-    range and the number of runs whose mean a runaway task dominates. None for a single run:
-    one run has no spread between runs, and its interval is the one over tasks."""
+    """The runs' means, for every number of steps: their mean and between-run interval,
+    median, range and the number of runs whose mean a runaway task dominates. None for
+    one run: it has no spread between runs, and its interval is the one over tasks."""
     if len(runs) == 1:
         return None
     means = np.array([run["mean"] for run in runs])
     mean, half = np.transpose([between_runs(column) for column in means.T])
-    return dict(mean=mean, half=half, median=np.median(means, axis=0), min=means.min(axis=0),
-                max=means.max(axis=0), dominated=np.sum([run["dominated"] for run in runs], axis=0))
+    return dict(mean=mean, half=half, median=np.median(means, axis=0),
+                min=means.min(axis=0), max=means.max(axis=0),
+                dominated=np.sum([run["dominated"] for run in runs], axis=0))
 # -8<- [end:over_runs]
 
 
@@ -100,13 +119,14 @@ def over_runs(runs):
 def window_means(losses):
     """The means of each 100 steps of the losses (steps, runs): (steps // 100, runs)."""
     window = min(PLATEAU_WINDOW, len(losses))
-    return losses[:len(losses) // window * window].reshape(-1, window, losses.shape[1]).mean(1)
+    kept = losses[:len(losses) // window * window]
+    return kept.reshape(-1, window, losses.shape[1]).mean(1)
 
 
 def training_numbers(losses):
-    """Per run, from its losses (steps, runs): the first step at which the mean of 100 steps falls
-    below half that of the first 100 (the run leaves the plateau where it starts; None if it never
-    does), and the mean loss of the last 1,000 steps."""
+    """Per run, from its losses (steps, runs): the first step at which the mean of 100
+    steps falls below half that of the first 100 (the run leaves the plateau where it
+    starts; None if it never does), and the mean loss of the last 1,000 steps."""
     window, means = min(PLATEAU_WINDOW, len(losses)), window_means(losses)
     below = means < means[:1] / 2
     leaves = [int((np.argmax(b) + 1) * window) if b.any() else None for b in below.T]
@@ -115,9 +135,10 @@ def training_numbers(losses):
 
 
 def results_data(*, curves, step_sizes, losses, **facts):
-    """Everything a run found, as data (results.json; results.txt is rendered from it): `facts`
-    (the command, setup, seeds, evaluation, the paper's numbers, speed), the environment, one cell
-    per model and K with every run's numbers and the numbers over runs, and the training."""
+    """Everything a run found, as data (results.json; results.txt is rendered from it):
+    `facts` (the command, setup, seeds, evaluation, the paper's numbers, speed), the
+    environment, one cell per model and K with every run's numbers and the numbers over
+    runs, and the training."""
     cells = []
     for (name, k), mse in curves.items():
         runs = [run_numbers(m) for m in mse]
@@ -134,7 +155,7 @@ def cell(results, model, k):
 
 
 def plain(x):
-    """x with numpy's numbers and arrays made JSON's; a non-finite number becomes null."""
+    """x with numpy's numbers and arrays made JSON's; a non-finite number is null."""
     if isinstance(x, dict):
         return {str(k): plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple, np.ndarray)):
@@ -149,7 +170,7 @@ def plain(x):
 
 
 def number(x):
-    """Three decimals; scientific notation once a task that ran away makes a number huge."""
+    """Three decimals; scientific notation once a runaway task makes a number huge."""
     if x is None:
         return "-"
     return f"{x:.3f}" if abs(x) < 1e4 else f"{x:.2e}"
@@ -157,8 +178,8 @@ def number(x):
 
 # -8<- [start:cell_text]
 def cell_text(cell, n, mark):
-    """One cell of the table: the mean and its interval, or, where runaway tasks make up most of
-    a mean, the median (over tasks for one run, over runs for several) and a dagger."""
+    """One cell of the table: the mean and its interval, or, where runaway tasks make up
+    most of a mean, a dagger and the median (over tasks for one run, over runs)."""
     runs, summary = cell["runs"], cell["over_runs"]
     dominated = any(run["dominated"][n] for run in runs)
     if dominated:
@@ -176,13 +197,14 @@ def step_size_text(sizes):
 
 
 def table_rows(results):
-    """The header and one row per model and K (each followed by the paper's, where it has one)."""
-    steps, n_runs, paper = results["eval_steps"], len(results["seeds"]), results["paper"]
-    what = ("mean ± 95% CI" if n_runs == 1 else f"mean of {n_runs} runs ± 95% between-run "
-            f"interval, Student's t with {n_runs - 1} degrees of freedom")
-    lines = [f"Held-out MSE on {results['eval_tasks']} tasks after n gradient steps ({what})",
-             f"{'K':>3}  {'model':<11}{'step size':>10}" + "".join(f"{f'n = {n}':>16}"
-                                                               for n in steps)]
+    """The header and one row per model and K (each with the paper's, if it has one)."""
+    steps, paper = results["eval_steps"], results["paper"]
+    n_runs = len(results["seeds"])
+    what = ("mean ± 95% CI" if n_runs == 1 else f"mean of {n_runs} runs ± 95% "
+            f"between-run interval, Student's t with {n_runs - 1} degrees of freedom")
+    lines = [f"Held-out MSE on {results['eval_tasks']} tasks after n gradient steps "
+             f"({what})", f"{'K':>3}  {'model':<11}{'step size':>10}"
+             + "".join(f"{f'n = {n}':>16}" for n in steps)]
     for cell in results["cells"]:
         mark = "*" if any(run["diverged"] for run in cell["runs"]) else " "
         cells = "".join(f" {cell_text(cell, n, mark):>15}" for n in steps)
@@ -196,43 +218,46 @@ def table_rows(results):
 
 
 def runaway_lines(results):
-    """A line for each cell whose mean runaway tasks dominate: in words, with the mean beside."""
+    """A line for each cell whose mean runaway tasks dominate, with the mean beside."""
     lines, n_runs = [], len(results["seeds"])
     for cell in results["cells"]:
         for n in results["eval_steps"]:
             hit = [r for r, run in enumerate(cell["runs"]) if run["dominated"][n]]
             if hit and n_runs == 1:
                 run = cell["runs"][0]
-                lines.append(f"† K = {cell['k']}, {cell['model']}, n = {n}: {run['runaway'][n]} "
-                             f"of {results['eval_tasks']} tasks ran away (MSE over {RUNAWAY}x its "
-                             f"start) and make up most of the mean, {number(run['mean'][n])}; "
-                             "the cell is the median over tasks")
+                lines.append(f"† K = {cell['k']}, {cell['model']}, n = {n}: "
+                             f"{run['runaway'][n]} of {results['eval_tasks']} tasks "
+                             f"ran away (MSE over {RUNAWAY}x its start) and make up "
+                             f"most of the mean, {number(run['mean'][n])}; the cell is "
+                             "the median over tasks")
             elif hit:
-                lines.append(f"† K = {cell['k']}, {cell['model']}, n = {n}: diverges in "
-                             f"{len(hit)} of {n_runs} runs (runs {', '.join(map(str, hit))}: tasks "
-                             f"whose MSE "
-                             f"grew over {RUNAWAY}x make up most of the run's mean); the cell is "
+                lines.append(f"† K = {cell['k']}, {cell['model']}, n = {n}: "
+                             f"diverges in {len(hit)} of {n_runs} runs (runs "
+                             f"{', '.join(map(str, hit))}: tasks whose MSE grew over "
+                             f"{RUNAWAY}x make up most of the run's mean); the cell is "
                              "the median over runs, the mean over runs is "
                              f"{number(cell['over_runs']['mean'][n])}")
     return lines
 
 
 def task_lines(results):
-    """Per model and K: the tasks that ended worse than they started, and those that diverged."""
+    """Per model and K: the tasks that ended worse than they started, the diverged."""
     lines, n_tasks, last = [], results["eval_tasks"], results["eval_steps"][-1]
     for cell in results["cells"]:
         runs, name = cell["runs"], f"K = {cell['k']:>2}, {cell['model']}"
         if len(runs) == 1:
-            worst = f" (worst: {number(runs[0]['worst'])})" if runs[0]["worst"] is not None else ""
-            lines.append(f"{name}: {runs[0]['worse']} of {n_tasks} tasks end {last} steps with a "
-                         f"higher MSE than they started with{worst}")
+            worst = runs[0]["worst"]
+            worst = "" if worst is None else f" (worst: {number(worst)})"
+            lines.append(f"{name}: {runs[0]['worse']} of {n_tasks} tasks end {last} "
+                         f"steps with a higher MSE than they started with{worst}")
             if runs[0]["diverged"]:
-                lines.append(f"{'':8}{runs[0]['diverged']} of them diverged (MSE inf or NaN): "
-                             "left out of the row marked *")
+                lines.append(f"{'':8}{runs[0]['diverged']} of them diverged (MSE inf "
+                             "or NaN): left out of the row marked *")
             continue
-        lines.append(f"{name}: tasks of {n_tasks} that end {last} steps with a higher MSE than "
-                     f"they started with, per run: {', '.join(str(r['worse']) for r in runs)}; "
-                     f"diverged (left out): {', '.join(str(r['diverged']) for r in runs)}")
+        lines.append(f"{name}: tasks of {n_tasks} that end {last} steps with a higher "
+                     "MSE than they started with, per run: "
+                     f"{', '.join(str(r['worse']) for r in runs)}; diverged (left "
+                     f"out): {', '.join(str(r['diverged']) for r in runs)}")
         lines += [f"{'':8}run {r}: " + ", ".join(f"n = {n}: {number(run['mean'][n])}"
                                                for n in results["eval_steps"])
                   for r, run in enumerate(runs)]
@@ -240,8 +265,8 @@ def task_lines(results):
 
 
 def spread_lines(results):
-    """Several runs: each cell's median and range over runs, and, beside the paper's numbers, how
-    many runs end above twice the paper's number."""
+    """Several runs: each cell's median and range over runs, and, beside the paper's
+    numbers, how many runs end above twice the paper's number."""
     n_runs, paper = len(results["seeds"]), results["paper"]
     lines = [f"Over the {n_runs} runs (each run's mean): median [lowest, highest]"
              + ("; runs above twice the paper's number" if paper else "")]
@@ -251,35 +276,37 @@ def spread_lines(results):
                            f"{number(s['max'][n])}]" for n in results["eval_steps"][1:])
         lines.append(f"K = {cell['k']:>2}, {cell['model']}: {spread}")
         if paper and cell["k"] == 5:
-            above = [f"n = {n}: {sum(r['mean'][n] > 2 * v for r in cell['runs'])} of {n_runs} "
-                     f"above {2 * v:.2f}" for n, v in ((int(n), v) for n, v in
-                                                     paper[cell["model"]].items())]
+            theirs = ((int(n), v) for n, v in paper[cell["model"]].items())
+            above = [f"n = {n}: {sum(r['mean'][n] > 2 * v for r in cell['runs'])} of "
+                     f"{n_runs} above {2 * v:.2f}" for n, v in theirs]
             lines.append(f"{'':8}" + "; ".join(above))
     return lines
 
 
 def training_lines(results):
-    """When each run left the plateau of its starting loss, and its final training loss."""
+    """When each run left the plateau of its starting loss; its final training loss."""
     lines = []
     for name, t in results["training"].items():
         runs = ", ".join(f"{'never' if s is None else f'{s:,}'} ({f:.3f})"
                          for s, f in zip(t["leaves_plateau"], t["final"]))
-        lines.append(f"{name} training: the {t['window']}-step mean loss first falls below half "
-                     f"its start at step (final loss): {runs}")
+        lines.append(f"{name} training: the {t['window']}-step mean loss first falls "
+                     f"below half its start at step (final loss): {runs}")
     return lines
 
 
 def plateau_note(results):
-    """A line (or none) for a run whose MAML never left the plateau its training loss starts on:
-    its numbers are those of a model that has not begun to meta-learn, not a bad result of MAML."""
+    """A line (or none) for a run whose MAML never left the plateau its training loss
+    starts on: its numbers are those of a model that has not begun to meta-learn, not a
+    bad result of MAML."""
     leaves = results["training"]["MAML"]["leaves_plateau"]
     stuck = [r for r, s in enumerate(leaves) if s is None]
     if not stuck:
         return []
     which = "the run" if len(leaves) == 1 else f"runs {', '.join(map(str, stuck))}"
-    return [f"note: MAML's training loss in {which} is still above half its start after "
-            f"{results['setup']['steps']:,} steps (still on its starting plateau): train longer "
-            "with --steps, or see why on the Results page, 'The slow runs'\n"]
+    return [f"note: MAML's training loss in {which} is still above half its start "
+            f"after {results['setup']['steps']:,} steps (still on its starting "
+            "plateau): train longer with --steps, or see why on the Results page, "
+            "'The slow runs'\n"]
 
 
 def render(results):
@@ -292,19 +319,22 @@ def render(results):
 
 
 def write_run(out, params, tasks, results, losses, adapt):
-    """A run's files, each whole or not at all: the figures, params.npz (every leaf of the trained
-    parameters with its run axis first, and the 100-step means of the training losses),
-    results.json, and results.txt rendered from it. Returns the text of results.txt."""
+    """A run's files, each whole or not at all: the figures, params.npz (every leaf of
+    the trained parameters with its run axis first, and the 100-step means of the
+    training losses), results.json, and results.txt rendered from it. Returns the text
+    of results.txt."""
     means = {name: window_means(np.asarray(l)) for name, l in losses.items()}
-    write_figures(out, {name: tree_map(lambda a: a[0], p) for name, p in params.items()}, tasks,
-                  results, means, adapt)
+    first = {name: tree_map(lambda a: a[0], p) for name, p in params.items()}
+    write_figures(out, first, tasks, results, means, adapt)
     arrays = {f"{name}/{i}": np.asarray(leaf)
               for name, p in params.items() for i, leaf in enumerate(tree_leaves(p))}
     arrays.update({f"loss/{name}": m for name, m in means.items()})  # (windows, runs)
     arrays.update(seed=results["seeds"][0], eval_tasks=results["eval_tasks"],
-                  alpha=results["setup"]["alpha"], amp_range=results["setup"]["amp_range"])
+                  alpha=results["setup"]["alpha"],
+                  amp_range=results["setup"]["amp_range"])
     write_whole(os.path.join(out, "params.npz"), lambda f: np.savez(f, **arrays))
-    program.write_text(os.path.join(out, "results.json"), json.dumps(results, indent=1) + "\n")
+    program.write_text(os.path.join(out, "results.json"),
+                       json.dumps(results, indent=1) + "\n")
     table = f"Command: {results['command']}\n{render(results)}"
     program.write_text(os.path.join(out, "results.txt"), table)
     return table
@@ -315,58 +345,65 @@ def save(fig, path):
 
 
 def adaptation_figure(first, tasks, results, adapt):
-    """The paper's figure 2: one held-out task, MAML before and after 1 and 10 steps, and the
-    baseline after 10, for each K; run 0's parameters (`first`) and step sizes. adapt(params, x1,
-    y1, alpha, n_steps) is experiment.inner_steps: the figure adapts as the evaluation does."""
-    from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
+    """The paper's figure 2: one held-out task, MAML before and after 1 and 10 steps,
+    and the baseline after 10, for each K; run 0's parameters (`first`) and step sizes.
+    adapt(params, x1, y1, alpha, n_steps) is experiment.inner_steps: the figure adapts
+    as the evaluation does."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
     x1, y1, x_test, y_test = tasks
     sizes = {(c["model"], c["k"]): c["step_sizes"][0] for c in results["cells"]}
     fig = Figure(figsize=(11, 4), layout="constrained")
-    for ax, k in zip(fig.subplots(1, 2, sharey=True), sorted({c["k"] for c in results["cells"]})):
+    ks = sorted({c["k"] for c in results["cells"]})
+    for ax, k in zip(fig.subplots(1, 2, sharey=True), ks):
         support = (x1[0, :k], y1[0, :k])
         ax.plot(x_test, y_test[0], "k-", lw=2, label="ground truth")
         ax.plot(*support, "k^", ms=8, label="support points")
-        for name, n, style in (("MAML", 0, "C0:"), ("MAML", 1, "C0--"), ("MAML", 10, "C0-"),
-                               ("pretrained", 10, "C3-")):
+        for name, n, style in (("MAML", 0, "C0:"), ("MAML", 1, "C0--"),
+                               ("MAML", 10, "C0-"), ("pretrained", 10, "C3-")):
             adapted = adapt(first[name], *support, float(sizes[name, k]), n_steps=n)[0]
             ax.plot(x_test, net_apply(adapted, x_test), style,
                     label=f"{name}, {n} step{'s' * (n != 1)}")
-        ax.set(title=f"a held-out task, K = {k}" + (", run 0" if len(results["seeds"]) > 1 else ""),
-               xlabel="x")
+        ax.set(title=f"a held-out task, K = {k}"
+               + (", run 0" if len(results["seeds"]) > 1 else ""), xlabel="x")
     fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper")
     return fig
 
 
 def mse_figure(results):
-    """The paper's figure 3 from the results data: held-out MSE against steps, for each K; with
-    several runs, each run's mean thin and the mean over runs with its between-run interval."""
+    """The paper's figure 3 from the results data: held-out MSE against steps, for each
+    K; with several runs, each run's mean thin and the mean over runs with its
+    between-run interval."""
     from matplotlib.figure import Figure
 
     fig, cells = Figure(figsize=(11, 4), layout="constrained"), results["cells"]
-    # Up to a little above the error before adapting: a mean that a few runaway tasks send far
-    # higher leaves the plot at the top rather than flattening every other curve.
+    # Up to a little above the error before adapting: a mean that a few runaway tasks
+    # send far higher leaves the plot at the top rather than flattening every other
+    # curve.
     top = 1.25 * max(run["mean"][0] + run["ci"][0] for c in cells for run in c["runs"])
     for ax, k in zip(fig.subplots(1, 2, sharey=True), sorted({c["k"] for c in cells})):
         for cell, color in zip((c for c in cells if c["k"] == k), ("C0", "C3")):
             runs, s = cell["runs"], cell["over_runs"]
-            mean, ci = (runs[0]["mean"], runs[0]["ci"]) if s is None else (s["mean"], s["half"])
-            mean, ci, steps = np.array(mean, float), np.array(ci, float), np.arange(len(mean))
-            for run in runs if s else ():  # each run, thin: the spread the interval summarises
+            mean, ci = ((runs[0]["mean"], runs[0]["ci"]) if s is None
+                        else (s["mean"], s["half"]))
+            mean, ci = np.array(mean, float), np.array(ci, float)
+            steps = np.arange(len(mean))
+            for run in runs if s else ():  # each run, thin: the spread of the interval
                 ax.plot(steps, run["mean"], "-", color=color, lw=0.6, alpha=0.5)
             diverged = sum(run["diverged"] for run in runs)
-            ax.plot(steps, mean, "o-", color=color, label=cell["model"] + (
-                f" ({diverged} diverged task{'s' * (diverged > 1)} left out)" if diverged else "")
-                + (f", mean of {len(runs)} runs" if s else ""))
+            left_out = (f" ({diverged} diverged task{'s' * (diverged > 1)} left out)"
+                        if diverged else "")
+            ax.plot(steps, mean, "o-", color=color, label=cell["model"] + left_out
+                    + (f", mean of {len(runs)} runs" if s else ""))
             ax.fill_between(steps, mean - ci, mean + ci, color=color, alpha=0.2)
             if results["paper"] and k == 5:
                 theirs = results["paper"][cell["model"]]
-                ax.plot([int(n) for n in theirs], list(theirs.values()), "x", color=color, ms=9,
-                        label=f"{cell['model']} (paper)")
-        ax.set(title=f"K = {k}", xlabel="gradient steps at meta-test time", ylabel="MSE",
-               ylim=(0, top))
-    # One legend beside the plots, never over a curve or the paper's marks; the K = 5 panel's
-    # entries come first, since only it has the paper's.
+                ax.plot([int(n) for n in theirs], list(theirs.values()), "x",
+                        color=color, ms=9, label=f"{cell['model']} (paper)")
+        ax.set(title=f"K = {k}", xlabel="gradient steps at meta-test time",
+               ylabel="MSE", ylim=(0, top))
+    # One legend beside the plots, never over a curve or the paper's marks; the K = 5
+    # panel's entries come first, since only it has the paper's.
     entries = {}
     for ax in fig.axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -376,7 +413,7 @@ def mse_figure(results):
 
 
 def training_figure(results, curves):
-    """The meta-training loss of every run: curves[name], its 100-step means (windows, runs)."""
+    """Each run's meta-training loss; curves[name]: 100-step means (windows, runs)."""
     from matplotlib import ticker
     from matplotlib.figure import Figure
 
@@ -386,17 +423,19 @@ def training_figure(results, curves):
         steps = t["window"] * np.arange(1, len(curves[name]) + 1)
         for r, curve in enumerate(np.transpose(curves[name])):
             ax.plot(steps, curve, color=color, lw=0.6 if each else 1,
-                    label=f"{name} ({t['window']}-step mean{', each run' * each})" if r == 0
-                    else None)
-    ax.set(yscale="log", xlabel="training step", ylabel="training loss on the meta-batch",
+                    label=f"{name} ({t['window']}-step mean{', each run' * each})"
+                    if r == 0 else None)
+    ax.set(yscale="log", xlabel="training step",
+           ylabel="training loss on the meta-batch",
            title=f"meta-training, {setup['tasks']} tasks of K = {setup['k']} per step")
-    # Plain numbers on the log axis ("3", "0.5"), not Matplotlib's "3×10⁰": every power of ten,
-    # and the minor ticks at 2, 3 and 5 times one.
+    # Plain numbers on the log axis ("3", "0.5"), not Matplotlib's "3×10⁰": every
+    # power of ten, and the minor ticks at 2, 3 and 5 times one.
     def plain(value, pos=None):
         return f"{value:g}"
 
     def some(value, pos=None):
-        return plain(value) if round(value / 10 ** np.floor(np.log10(value)), 6) in (2, 3, 5) else ""
+        first_digit = round(value / 10 ** np.floor(np.log10(value)), 6)
+        return plain(value) if first_digit in (2, 3, 5) else ""
     ax.yaxis.set_major_formatter(ticker.FuncFormatter(plain))
     ax.yaxis.set_minor_formatter(ticker.FuncFormatter(some))
     ax.legend()
@@ -404,6 +443,7 @@ def training_figure(results, curves):
 
 
 def write_figures(out, first, tasks, results, curves, adapt):
-    save(adaptation_figure(first, tasks, results, adapt), os.path.join(out, "adaptation.png"))
+    save(adaptation_figure(first, tasks, results, adapt),
+         os.path.join(out, "adaptation.png"))
     save(mse_figure(results), os.path.join(out, "mse_vs_steps.png"))
     save(training_figure(results, curves), os.path.join(out, "meta_training_loss.png"))
