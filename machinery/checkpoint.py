@@ -103,7 +103,6 @@ def checksum(arrays):
     return h.hexdigest()
 
 
-# -8<- [start:load]
 def load(folder, fingerprint, structures):
     """The progress saved in folder (as save was given it), or None if there is no
     checkpoint. Raises Refused if it was made with other flags or another version of the
@@ -132,7 +131,6 @@ def load(folder, fingerprint, structures):
         progress[name] = (tree_unflatten(structures[name], leaves), m["done"],
                           arrays[f"{name}/losses"])
     return progress
-# -8<- [end:load]
 
 
 def difference(saved, now):
@@ -169,13 +167,15 @@ def open_run(error, folder, fingerprint, structures, resume):
 def begin(error, folder):
     """Make the folder and hold it, once the run is about to train (a refusal before
     this point leaves no folder behind)."""
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        error(f"argument --out: cannot make the folder {folder!r} ({e.strerror})")
     if not lock(folder):
         error(f"argument --out: another run is writing to {folder!r} (a live process "
               "holds it)")
 
 
-# -8<- [start:lock]
 def lock(folder, hold=True):
     """Hold `folder` for this process until it exits (hold=False: only ask whether a
     live run holds it): a second run into it is refused. The lock is the kernel's (flock
@@ -195,7 +195,6 @@ def lock(folder, hold=True):
     if not hold:
         os.close(fd)  # a probe: free again at once
     return True  # else fd stays open, and the lock held, until the process ends
-# -8<- [end:lock]
 
 
 @contextlib.contextmanager

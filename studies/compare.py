@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 import experiment
-from machinery import program, report
+from machinery import figures, program, report
 
 SETUPS = ("code", "paper")  # the released code's settings first: they reproduce the paper
 MODELS = ("MAML", "pretrained")
@@ -128,7 +128,7 @@ def main(argv=None):
                          argv)
     data = numbers({setup: load(setup) for setup in SETUPS}, args.argv)
     print(program.write(args.out, "comparison", data, render), end="")
-    report.save(runs_figure(program.read_json(os.path.join(args.out, "comparison.json"))),
+    figures.save(runs_figure(program.read_json(os.path.join(args.out, "comparison.json"))),
                 os.path.join(args.out, "runs.png"))
 
 

@@ -24,7 +24,7 @@ from jax.tree_util import tree_map
 
 import experiment
 import maml
-from machinery import preflight, program, report
+from machinery import figures, preflight, program
 from studies import variants
 
 MODES = ("second order", "checkpointed", "first order")
@@ -237,7 +237,7 @@ def figure(data, path):
             axis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="major", alpha=0.3)
         ax.legend()
-    report.save(fig, path)
+    figures.save(fig, path)
 
 
 # -8<- [start:step_parts]

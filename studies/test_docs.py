@@ -137,7 +137,8 @@ def includes():
     return found
 
 
-SOURCES = ["maml.py", "experiment.py", "machinery/report.py", "machinery/preflight.py", "machinery/program.py"]
+SOURCES = ["maml.py", "experiment.py", "machinery/report.py", "machinery/preflight.py", "machinery/program.py",
+           "machinery/checkpoint.py"]
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -310,6 +311,44 @@ def test_readme_and_walkthrough_show_what_python_maml_py_printed():
     readme = (ROOT / "README.md").read_text()
     assert all(line in readme for line in lines), "README.md does not paste figures/maml.txt"
     assert ("figures", "maml.txt", None) in {(Path(f).parts[0], Path(f).name, s) for _, f, s in includes()}
+
+
+# The last line of `python maml.py` under the versions the Tests page lists, seen here: jax
+# 0.4.29 (the oldest corner) 3.08 before and 0.57 after, jax 0.10.2 3.04 and 0.59, jax 0.12.0.1
+# (the newest) 3.04 and 0.61. Another release draws other random bits, so the README's numbers
+# (the newest's) hold to the spread of those, 0.04 and 0.04, and a margin of one rounding step.
+SPREAD = {"before": 0.05, "after": 0.05}
+
+
+def last_line_numbers(line):
+    return dict(zip(("before", "after"), map(float, re.fullmatch(
+        r"600 new tasks, K = 5: MSE (\S+) before adapting, (\S+) after one inner_update "
+        r"\(the paper: 0\.67\)", line).groups())))
+
+
+def test_the_results_page_names_the_versions_every_committed_run_was_made_with():
+    """Printed blocks say which versions made them: the Results page names the Python and jax
+    versions, and every committed results.json records those very versions."""
+    import json
+    text = (DOCS / "results.md").read_text()
+    for path in (ROOT / "figures").glob("**/results.json"):
+        env = json.loads(path.read_text())["environment"]
+        assert f"Python {env['python']} and jax {env['jax']}" in " ".join(text.split()), path
+
+
+@pytest.mark.slow
+def test_python_maml_py_prints_the_readmes_last_line_within_the_versions_spread():
+    """`python maml.py`, as the README runs it (50,000 steps): its last line's MSE before and
+    after one inner_update are the README's (figures/maml.txt) within the spread the tested
+    versions show (SPREAD). A change that moves the result, a step size, a seed, the sampler,
+    moves them by far more: an untrained network gives about 4.4 before and after."""
+    run = subprocess.run([sys.executable, "maml.py"], cwd=ROOT, env=cpu_env(), timeout=900,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = last_line_numbers(run.stdout.splitlines()[-1])
+    shown = last_line_numbers((ROOT / "figures" / "maml.txt").read_text().splitlines()[-1])
+    for what, margin in SPREAD.items():
+        assert abs(got[what] - shown[what]) <= margin, (what, got, shown)
 
 
 @pytest.fixture(scope="module")

@@ -376,8 +376,10 @@ def test_cli_writes_valid_pngs_and_the_results_table(short_run):
         assert image.shape[0] > 300 and image.shape[1] > 500 and image.std() > 0.05  # a real picture
     command, table = (out / "results.txt").read_text().split("\n", 1)
     results = json.loads((out / "results.json").read_text())
+    # the whole command, quoted, with the --out folder (outside the repository) as "<a path>":
+    # a committed result must not name the machine it was made on
     assert command == "Command: " + results["command"] == "Command: python experiment.py " + " ".join(SHORT_RUN) \
-        + f" --out {out}"
+        + " --out <a path>"
     assert table in result.stdout and table == report.render(results)  # the table is the data's
     assert [(c["model"], c["k"]) for c in results["cells"]] == [("MAML", 5), ("pretrained", 5), ("MAML", 10),
                                                                 ("pretrained", 10)]
