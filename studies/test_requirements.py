@@ -124,3 +124,29 @@ def test_the_docs_table_of_tested_versions_has_a_row_for_each_corner_with_its_py
     section = page.split("\n## Tested versions\n", 1)[1].split("\n## ", 1)[0]
     rows = {m[1]: m[2] for m in re.finditer(r"^\| (\w+)\b[^|]*\| (\d+\.\d+)\.\d+ \|", section, re.M)}
     assert rows == {part: v for part, v in ci_parts().items() if part != "lint"}, rows
+
+
+def test_the_stack_pins_are_the_core_pins_with_the_stack_lower_bounds():
+    """.ci/oldest-stacks.txt, the stack parts' oldest corner: each package of
+    studies/stacks/requirements.txt at its lower bound, every other one as .ci/oldest.txt pins it."""
+    core, stack = entries(".ci/oldest.txt"), entries("studies/stacks/requirements.txt")
+    pinned = entries(".ci/oldest-stacks.txt")
+    assert set(pinned) == set(core) | set(stack), f"packages differ: {set(pinned) ^ (set(core) | set(stack))}"
+    for name, specs in stack.items():
+        lower = [s[2:] for s in specs if s.startswith(">=")]
+        assert len(lower) == 1, f"{name}: exactly one lower bound (>=) expected, got {specs}"
+        assert pinned[name] == [f"=={lower[0]}"], f"{name}: .ci/oldest-stacks.txt has {pinned[name]}"
+    for name in set(core) - set(stack):
+        assert pinned[name] == core[name], f"{name}: {pinned[name]} is not .ci/oldest.txt's {core[name]}"
+
+
+def test_ci_runs_the_stack_tests_at_both_corners_where_a_missing_package_fails():
+    python, ci = ci_parts(), ci_script()
+    assert python["stacks_newest"] == python["newest"] and python["stacks_oldest"] == python["oldest"]
+    assert re.search(r"^ +stacks_newest\) stacks stacks_newest ;;$", ci, re.M)
+    assert re.search(r"^ +stacks_oldest\) stacks stacks_oldest -c \.ci/oldest-stacks\.txt ;;$", ci, re.M)
+    stacks = re.search(r"^stacks\(\) \{.*?^\}$", ci, re.M | re.S)[0]
+    assert re.search(r'^ +"\$\(python_of "\$name"\)" -m venv "\$work/\$name"$', stacks, re.M), "a fresh venv"
+    assert re.search(r'^ +pip install -r requirements\.txt -r studies/stacks/requirements\.txt "\$@"$',
+                     stacks, re.M)
+    assert re.search(r"^ +MAML_STACKS_REQUIRED=1 .*\n +python -m pytest .*studies/test_stacks\.py$", stacks, re.M)

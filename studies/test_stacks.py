@@ -183,12 +183,12 @@ def test_anil_leaves_the_body_out_of_the_inner_step_but_not_out_of_the_meta_grad
         assert jnp.linalg.norm(w) > 0 and jnp.linalg.norm(b) > 0  # the body gets a gradient
 
 
-# After 300 Adam steps in float32 the parameters agree to 2e-7 of their largest entry and the
-# meta-losses to 2e-6 relative: optax and example_libraries evaluate the same formula with its
+# After 300 Adam steps in float32 the parameters agree to below 1e-6 of their largest entry with
+# jax 0.12 and to 1.6e-6 with jax 0.4.29 (NNX; measured), the meta-losses to 1e-5 relative: optax and example_libraries evaluate the same formula with its
 # operations in another order (lr * (m / d) against (lr * m) / d), so each step differs by an
 # ulp or so (float32's epsilon is 1.2e-7), and 300 steps carry it along. A wrong bias correction
 # or eps moves the first steps by 1e-4 or more.
-STEPS, PARAMS_TOL, LOSS_TOL = 300, 1e-6, 1e-5
+STEPS, PARAMS_TOL, LOSS_TOL = 300, 1e-5, 1e-5
 
 
 @pytest.mark.slow
@@ -207,3 +207,14 @@ def test_optax_adam_follows_maml_step_for_300_meta_steps_in_float32(stack):
     np.testing.assert_allclose(got_losses, want_losses, rtol=LOSS_TOL)
     assert largest_difference(stack.back(ours), maml.get_params(ref_state)) < PARAMS_TOL
     assert want_losses[-1] < 0.8 * want_losses[0]  # and they trained: not two frozen copies
+
+
+def test_a_missing_stack_package_skips_in_the_main_suite_and_fails_in_the_stack_part(monkeypatch):
+    """The switch the stack parts of .ci/run set: without it a missing package skips, with it the
+    import error stands."""
+    monkeypatch.delenv("MAML_STACKS_REQUIRED", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="not installed"):
+        need("no_such_stack_package")
+    monkeypatch.setenv("MAML_STACKS_REQUIRED", "1")
+    with pytest.raises(ImportError):
+        need("no_such_stack_package")

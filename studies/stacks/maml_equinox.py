@@ -28,7 +28,8 @@ def net_init(key):
 
 # -8<- [start:loss]
 def loss(model, inputs, targets):
-    return jnp.mean((jax.vmap(model)(inputs) - targets) ** 2)  # the model sees one point at a time
+    # The model maps one point, of shape (1,): vmap over all the points, whatever their batch axes.
+    return jnp.mean((jax.vmap(model)(inputs.reshape(-1, 1)) - targets.reshape(-1, 1)) ** 2)
 
 
 def inner_update(model, x1, y1, alpha=0.01):
