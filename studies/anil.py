@@ -27,8 +27,9 @@ SHOWN_STEPS = (1, 5, 10)
 
 # -8<- [start:anil]
 def anil_inner_update(params, x1, y1, alpha=0.01):
-    """maml.inner_update on the last Dense layer (W, b) alone: the body passes through unchanged,
-    and since the head's gradient is taken through it, the outer grad still reaches the body."""
+    """maml.inner_update on the last Dense layer (W, b) alone: the body passes
+    through unchanged, and since the head's gradient is taken through it, the outer
+    grad still reaches the body."""
     *body, head = params
 
     def head_loss(head):
