@@ -20,16 +20,17 @@ from jax import jit, random
 
 # -8<- [start:model]
 def net_init(key):
-    """The paper's regressor: 1 input, two hidden layers of 40 ReLU units, 1 output. An eqx.nn.MLP
-    maps one input of shape (1,) to (1,); each Linear holds weight (out, in), maml.py's W.T."""
+    """The paper's regressor: 1 input, two hidden layers of 40 ReLU units, 1 output.
+    It maps one input of shape (1,) to (1,); each Linear's weight is (out, in): W.T."""
     return eqx.nn.MLP(1, 1, width_size=40, depth=2, activation=jax.nn.relu, key=key)
 # -8<- [end:model]
 
 
 # -8<- [start:loss]
 def loss(model, inputs, targets):
-    # The model maps one point, of shape (1,): vmap over all the points, whatever their batch axes.
-    return jnp.mean((jax.vmap(model)(inputs.reshape(-1, 1)) - targets.reshape(-1, 1)) ** 2)
+    # The model maps one point, of shape (1,): vmap it over all the points.
+    predictions = jax.vmap(model)(inputs.reshape(-1, 1))
+    return jnp.mean((predictions - targets.reshape(-1, 1)) ** 2)
 
 
 def inner_update(model, x1, y1, alpha=0.01):
@@ -49,7 +50,7 @@ def batch_maml_loss(model, x1, y1, x2, y2, alpha=0.01):
 
 # -8<- [start:anil]
 def anil_inner_update(model, x1, y1, alpha=0.01):
-    """ANIL: a filter spec, True on the output layer's arrays alone, partitions the model."""
+    """ANIL: a filter spec, True on the output layer alone, partitions the model."""
     spec = jax.tree_util.tree_map(lambda _: False, model)
     spec = eqx.tree_at(lambda m: m.layers[-1], spec, replace=True)
     head, body = eqx.partition(model, spec)
@@ -58,18 +59,20 @@ def anil_inner_update(model, x1, y1, alpha=0.01):
         return loss(eqx.combine(head, body), x1, y1)
     grads = eqx.filter_grad(head_loss)(head)
     head = eqx.apply_updates(head, jax.tree_util.tree_map(lambda g: -alpha * g, grads))
-    return eqx.combine(head, body)  # the body as it came: the outer grad still reaches it
+    return eqx.combine(head, body)  # the body as it came: the outer grad reaches it
 # -8<- [end:anil]
 
 
 # -8<- [start:sample_tasks]
-# maml.py's sampler, repeated so that this file stands alone (it needs nothing from this repo).
+# maml.py's sampler, repeated so that this file stands alone: it needs nothing
+# from this repository.
 @partial(jit, static_argnums=(1, 2))
 def sample_tasks(key, n_tasks, k, amp_range=(0.1, 5.0), phase_range=(0.0, jnp.pi),
                  x_range=(-5.0, 5.0)):
     u = random.uniform(key, (n_tasks, 2 + 2 * k, 1))
     (a0, a1), (p0, p1), (x0, x1) = amp_range, phase_range, x_range
-    amp, phase, x = a0 + (a1 - a0) * u[:, :1], p0 + (p1 - p0) * u[:, 1:2], x0 + (x1 - x0) * u[:, 2:]
+    amp, phase = a0 + (a1 - a0) * u[:, :1], p0 + (p1 - p0) * u[:, 1:2]
+    x = x0 + (x1 - x0) * u[:, 2:]
     y = amp * jnp.sin(x + phase)
     return x[:, :k], y[:, :k], x[:, k:], y[:, k:]
 # -8<- [end:sample_tasks]
@@ -81,10 +84,11 @@ optimizer = optax.adam(1e-3)  # b1 0.9, b2 0.999, eps 1e-8: example_libraries' a
 
 @eqx.filter_jit
 def step(model, opt_state, x1, y1, x2, y2, alpha=0.01):
-    """One meta-update; optax's state holds the moments of the model's float arrays alone."""
-    meta_loss, meta_grads = eqx.filter_value_and_grad(batch_maml_loss)(model, x1, y1, x2, y2,
-                                                                        alpha)
-    updates, opt_state = optimizer.update(meta_grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+    """One meta-update; optax's state holds the moments of the float arrays alone."""
+    value_and_grad = eqx.filter_value_and_grad(batch_maml_loss)
+    meta_loss, meta_grads = value_and_grad(model, x1, y1, x2, y2, alpha)
+    arrays = eqx.filter(model, eqx.is_inexact_array)
+    updates, opt_state = optimizer.update(meta_grads, opt_state, arrays)
     return eqx.apply_updates(model, updates), opt_state, meta_loss
 # -8<- [end:step]
 
@@ -93,8 +97,8 @@ def step(model, opt_state, x1, y1, x2, y2, alpha=0.01):
 def main(steps=50_000, seed=0):
     key_init, key_tasks, key_test = random.split(random.PRNGKey(seed), 3)
     model = net_init(key_init)
-    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))  # not the activation
-    keys = np.asarray(random.split(key_tasks, steps))  # split once, on the host: no per-step call
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))  # arrays only
+    keys = np.asarray(random.split(key_tasks, steps))  # split once, on the host
     start = time.perf_counter()
     for i, key in enumerate(keys):
         model, opt_state, meta_loss = step(model, opt_state, *sample_tasks(key, 25, 10))
@@ -103,8 +107,9 @@ def main(steps=50_000, seed=0):
                   f"{time.perf_counter() - start:.0f} s")
     x1, y1, x2, y2 = sample_tasks(key_test, 600, 100)
     x1, y1 = x1[:, :5], y1[:, :5]
-    print(f"600 new tasks, K = 5: MSE {float(loss(model, x2, y2)):.2f} before adapting, "
-          f"{float(batch_maml_loss(model, x1, y1, x2, y2)):.2f} after one inner_update "
+    before, after = loss(model, x2, y2), batch_maml_loss(model, x1, y1, x2, y2)
+    print(f"600 new tasks, K = 5: MSE {float(before):.2f} before adapting, "
+          f"{float(after):.2f} after one inner_update "
           "(the paper: 0.67)")
 
 

@@ -33,17 +33,17 @@ class MLP(nnx.Module):
 
 
 def net_init(key):
-    """A new network as (its graph definition, its parameters: an nnx.State, a pytree of arrays).
-    The `...` filter collects any state that is not a Param: this network has none."""
+    """A new network as its graph definition and its parameters (an nnx.State, a
+    pytree of arrays). `...` collects any state that is not a Param: here, none."""
     graphdef, params, _ = nnx.split(MLP(nnx.Rngs(params=key)), nnx.Param, ...)
     return graphdef, params
 
 
-graphdef, _ = net_init(random.PRNGKey(0))  # the structure every network of this file shares
+graphdef, _ = net_init(random.PRNGKey(0))  # the structure all networks here share
 
 
 def net_apply(params, inputs):
-    """The network of these parameters on (..., 1) inputs: a fresh module, merged for this call."""
+    """The network of these parameters on (..., 1) inputs, merged for this call."""
     return nnx.merge(graphdef, params)(inputs)
 # -8<- [end:model]
 
@@ -54,7 +54,7 @@ def loss(params, inputs, targets):
 
 
 def inner_update(params, x1, y1, alpha=0.01):
-    grads = grad(loss)(params, x1, y1)  # a State shaped like params: plain JAX, no nnx.grad
+    grads = grad(loss)(params, x1, y1)  # a State like params: plain JAX, no nnx.grad
     return jax.tree_util.tree_map(lambda p, g: p - alpha * g, params, grads)
 
 
@@ -63,35 +63,39 @@ def maml_loss(params, x1, y1, x2, y2, alpha=0.01):
 
 
 def batch_maml_loss(params, x1, y1, x2, y2, alpha=0.01):
-    task_losses = vmap(maml_loss, in_axes=(None, 0, 0, 0, 0, None))(params, x1, y1, x2, y2, alpha)
-    return jnp.mean(task_losses)
+    per_task = vmap(maml_loss, in_axes=(None, 0, 0, 0, 0, None))
+    return jnp.mean(per_task(params, x1, y1, x2, y2, alpha))
 # -8<- [end:loss]
 
 
 # -8<- [start:anil]
-# ANIL adapts the output layer alone: an NNX filter picks its parameters out of the State.
+# ANIL adapts the output layer alone: an NNX filter picks its parameters out.
 HEAD = nnx.PathContains("dense3")
 
 
 def anil_inner_update(params, x1, y1, alpha=0.01):
-    graph, head, body = nnx.split(nnx.merge(graphdef, params), HEAD, ...)  # the head, the rest
+    # The head's parameters, and the rest:
+    graph, head, body = nnx.split(nnx.merge(graphdef, params), HEAD, ...)
 
     def head_loss(head):
         return jnp.mean((nnx.merge(graph, head, body)(x1) - y1) ** 2)
-    head = jax.tree_util.tree_map(lambda p, g: p - alpha * g, head, grad(head_loss)(head))
-    # One State again, the body as it came: the outer grad still reaches it through head_loss.
+    grads = grad(head_loss)(head)
+    head = jax.tree_util.tree_map(lambda p, g: p - alpha * g, head, grads)
+    # One State again, the body as it came: the outer grad reaches it via head_loss.
     return nnx.split(nnx.merge(graph, head, body), nnx.Param, ...)[1]
 # -8<- [end:anil]
 
 
 # -8<- [start:sample_tasks]
-# maml.py's sampler, repeated so that this file stands alone (it needs nothing from this repo).
+# maml.py's sampler, repeated so that this file stands alone: it needs nothing
+# from this repository.
 @partial(jit, static_argnums=(1, 2))
 def sample_tasks(key, n_tasks, k, amp_range=(0.1, 5.0), phase_range=(0.0, jnp.pi),
                  x_range=(-5.0, 5.0)):
     u = random.uniform(key, (n_tasks, 2 + 2 * k, 1))
     (a0, a1), (p0, p1), (x0, x1) = amp_range, phase_range, x_range
-    amp, phase, x = a0 + (a1 - a0) * u[:, :1], p0 + (p1 - p0) * u[:, 1:2], x0 + (x1 - x0) * u[:, 2:]
+    amp, phase = a0 + (a1 - a0) * u[:, :1], p0 + (p1 - p0) * u[:, 1:2]
+    x = x0 + (x1 - x0) * u[:, 2:]
     y = amp * jnp.sin(x + phase)
     return x[:, :k], y[:, :k], x[:, k:], y[:, k:]
 # -8<- [end:sample_tasks]
@@ -103,8 +107,9 @@ optimizer = optax.adam(1e-3)  # b1 0.9, b2 0.999, eps 1e-8: example_libraries' a
 
 @jit
 def step(params, opt_state, x1, y1, x2, y2, alpha=0.01):
-    """One meta-update; optax keeps no parameters, so they go in and come out beside its state."""
-    meta_loss, meta_grads = jax.value_and_grad(batch_maml_loss)(params, x1, y1, x2, y2, alpha)
+    """One meta-update; optax keeps no parameters: they go in and out beside it."""
+    value_and_grad = jax.value_and_grad(batch_maml_loss)
+    meta_loss, meta_grads = value_and_grad(params, x1, y1, x2, y2, alpha)
     updates, opt_state = optimizer.update(meta_grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, meta_loss
 # -8<- [end:step]
@@ -115,17 +120,19 @@ def main(steps=50_000, seed=0):
     key_init, key_tasks, key_test = random.split(random.PRNGKey(seed), 3)
     params = net_init(key_init)[1]
     opt_state = optimizer.init(params)
-    keys = np.asarray(random.split(key_tasks, steps))  # split once, on the host: no per-step call
+    keys = np.asarray(random.split(key_tasks, steps))  # split once, on the host
     start = time.perf_counter()
     for i, key in enumerate(keys):
-        params, opt_state, meta_loss = step(params, opt_state, *sample_tasks(key, 25, 10))
+        tasks = sample_tasks(key, 25, 10)
+        params, opt_state, meta_loss = step(params, opt_state, *tasks)
         if (i + 1) % 10_000 == 0 or i + 1 == steps:
             print(f"step {i + 1:>6,}/{steps:,}  meta-loss {float(meta_loss):.3f}  "
                   f"{time.perf_counter() - start:.0f} s")
     x1, y1, x2, y2 = sample_tasks(key_test, 600, 100)
     x1, y1 = x1[:, :5], y1[:, :5]
-    print(f"600 new tasks, K = 5: MSE {float(loss(params, x2, y2)):.2f} before adapting, "
-          f"{float(batch_maml_loss(params, x1, y1, x2, y2)):.2f} after one inner_update "
+    before, after = loss(params, x2, y2), batch_maml_loss(params, x1, y1, x2, y2)
+    print(f"600 new tasks, K = 5: MSE {float(before):.2f} before adapting, "
+          f"{float(after):.2f} after one inner_update "
           "(the paper: 0.67)")
 
 
