@@ -1,6 +1,5 @@
-"""The MAML paper's sinusoid regression (section 5.1) on maml.py: `python experiment.py`
-meta-trains MAML and a pretrained baseline, evaluates both on 600 held-out tasks beside
-the paper's table, and writes figures/; machinery/ holds the rest."""
+"""The MAML paper's sinusoid regression (section 5.1) on maml.py: trains MAML and a
+pretrained baseline, evaluates both on held-out tasks beside the paper's table."""
 import math
 import sys
 import time
@@ -303,8 +302,8 @@ def train_both(ap, args, setup, init, streams, stopper):
             at_chunk=checkpoint.saver(args, mark, saved, name, stopper, setup["steps"]))
         params[name] = get_params(opt_state)
     ms = 1e3 * per_step["MAML"]
-    runs = f" of {args.seeds} runs, {ms / args.seeds:.3f} ms per run-step" \
-        if args.seeds > 1 else ""
+    runs = (f" of {args.seeds} runs, {ms / args.seeds:.3f} ms per run-step"
+            * (args.seeds > 1))
     print("meta-training: " + ("resumed, not timed" if math.isnan(ms) else
           f"{ms:.3f} ms per meta-step{runs} (steady state: compile, first chunk out)"))
     return params, losses, ms
@@ -329,6 +328,7 @@ def run(args, setup, ap, stopper):
         params, losses, ms = train_both(ap, args, setup, init, (k_maml, k_base),
                                         stopper)
         test, curves, step_sizes = evaluate(params, setup, args, (k_val[0], k_test[0]))
+    stopper.stop_if_asked(checkpoint.stopped(args, "after training"))
     paper = setup["amp_range"] == SETUPS["paper"]["amp_range"]  # its tasks, its numbers
     results = report.results_data(
         command=program.command("experiment.py", args.argv),

@@ -87,10 +87,15 @@ def saver(args, mark, saved, name, stopper, steps):
             return
         save(args.out, mark, saved)
         last[0] = time.monotonic()
-        again = command("experiment.py", [*args.argv, "--resume"])
-        stopper.stop_if_asked(f"experiment.py: stopped at {name}'s step {done:,}; the "
-                              f"checkpoint in {args.out}/ holds it. To go on: {again}")
+        stopper.stop_if_asked(stopped(args, f"at {name}'s step {done:,}"))
     return at_chunk
+
+
+def stopped(args, where):
+    """The line a stopped run ends with: where, and the command that goes on."""
+    again = command("experiment.py", [*args.argv, "--resume"])
+    return (f"experiment.py: stopped {where}; the checkpoint in {args.out}/ holds it. "
+            f"To go on: {again}")
 
 
 def checksum(arrays):
