@@ -70,8 +70,7 @@ def cell_row(name, k, c, data):
     they dominate; the speed."""
     over, last = c["over_runs"], SHOWN_STEPS[-1]
     runaway = sum(run["runaway"][last] for run in c["runs"])
-    return [name, k, *(f"{report.number(over['mean'][n])} ± {report.number(over['half'][n])}"
-                       for n in SHOWN_STEPS),
+    return [name, k, *(report.cell_text(c, n, "") for n in SHOWN_STEPS),
             f"{runaway:,} of {data['seeds'] * data['eval_tasks']:,}", over["dominated"][last],
             f"{data['models'][name]['ms_per_step']:.3f}"]
 
@@ -90,7 +89,9 @@ def render(data):
             f"tasks, K = {setup['k']}, the `{data['setup_name']}` setup (alpha = "
             f"{setup['alpha']:g}, weights of std 0.01, zero biases). ANIL adapts only the last "
             "layer, in training and on the held-out tasks. A task runs away when its MSE exceeds "
-            f"{report.RUNAWAY} times its MSE before adapting.\n\n"
+            f"{report.RUNAWAY} times its MSE before adapting; † marks a cell whose mean, in some "
+            "run, such tasks dominate: it shows the median over runs, as the results table "
+            "does.\n\n"
             + program.table(["model", "K", "n = 1", "n = 5", "n = 10", "tasks run away by n = 10",
                              "runs whose mean they dominate", "ms per meta-step of all runs"],
                             rows, "lrrrrrrr"))
