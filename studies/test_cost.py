@@ -130,9 +130,10 @@ def test_step_costs_times_every_part_of_a_step():
 def test_xla_counts_the_work_the_page_estimates(setting):
     """The Performance page estimates a step's work as 12 products of the T K points with the
     40 x 40 hidden layer, 12 * 2 * T K * 40^2 operations. XLA's own count depends on its
-    version: with jax 0.10.2 it is 10% to 15% more at both settings, in about 90 kernels; with
-    jax 0.12.0.1 it is 0.62 of it at the paper's setting, in 70 kernels. What holds for every
-    version tested: the estimate is XLA's count within a factor of two, in 60 to 100 kernels."""
+    version: with jax 0.10.2 and 0.12.0.1 it is 10% to 15% more at both settings, in about 90
+    kernels; with jax 0.4.29 (the oldest corner) 0.62 of it at the paper's setting, 1.12 at the
+    blog's, in 64 and 70 kernels. What holds for every version tested: the estimate is XLA's
+    count within a factor of two, in 60 to 100 kernels."""
     setup = experiment.SETUPS[setting]
     flops, kernels = cost.xla_counts(setup)
     estimate = 12 * 2 * setup["tasks"] * setup["k"] * 40 ** 2
