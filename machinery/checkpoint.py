@@ -1,12 +1,8 @@
-"""A long run that survives being killed: the whole training state saved at chunk
-boundaries, whole or not at all; a resume that ends bit for bit where an uninterrupted
-run ends; Ctrl-C and SIGTERM that stop at the next boundary; one live run per folder.
-
-The state of a run is a few arrays (each model's parameters, Adam's moments and step
-count, the losses so far) and the step it reached: every task batch comes from keys
-derived from the seed up front, so nothing else needs saving. The file is an .npz: the
-arrays, and a JSON record of what made them (the flags, the setups, the versions) that a
-resume must match, with a checksum.
+"""A run that survives being killed: its state saved whole at chunk boundaries, a
+resume that ends bit for bit where an uninterrupted run ends, Ctrl-C and SIGTERM that
+stop at the next boundary, one live run per folder. The state is each model's Adam
+state, losses and step (every task comes from keys derived from the seed): an .npz, with
+a checksum and a JSON record of what made it (flags, setups, versions) to match.
 """
 import contextlib
 import hashlib
@@ -27,16 +23,13 @@ NAME = "checkpoint.npz"
 
 
 class Refused(Exception):
-    """A checkpoint that must not be resumed: foreign, truncated or corrupt. Its text is
-    the one-line reason."""
+    """A checkpoint not to resume (foreign, truncated, corrupt): its one-line reason."""
 
 
 # -8<- [start:save]
 def save(folder, fingerprint, progress):
-    """Write the checkpoint of a run: progress maps each model to (opt_state, done,
-    losses), the state after `done` steps and their losses (done, runs). Written beside,
-    then renamed over the last one: a crash at any instant leaves the previous
-    checkpoint or this one, whole."""
+    """Save progress: each model's (opt_state, done, losses), its state after `done`
+    steps and their losses. A crash at any instant leaves the last one or this one."""
     arrays, models = {}, {}
     for name, (opt_state, done, losses) in progress.items():
         leaves, _ = tree_flatten(opt_state)
@@ -56,9 +49,8 @@ def save(folder, fingerprint, progress):
 
 
 def fingerprint(args, setup, code):
-    """What a checkpoint must match to be resumed: the run's flags and setup (every
-    value that changes a number), the versions that compute it (another jax draws other
-    bits), and a hash of the code's setups (data as JSON, functions by their source)."""
+    """What a resumed checkpoint must match: the flags and setup, the versions (another
+    jax draws other bits), a hash of the code's setups (functions by their source)."""
     import jax
     import jaxlib
 
@@ -72,12 +64,10 @@ def fingerprint(args, setup, code):
 
 
 def saver(args, mark, saved, name, stopper, steps):
-    """train's at_chunk for model `name`: at a chunk boundary, the checkpoint of both
-    models, then a stop if Ctrl-C or SIGTERM asked for one, with the command that goes
-    on. A small run's chunks last a fraction of a second, and a write with its fsync
-    tens of milliseconds: so the checkpoint is skipped if the last is under
-    --checkpoint-every seconds old (a kill then loses at most that, and a chunk), unless
-    a stop was asked or the model is done."""
+    """train's at_chunk for model `name`: save both models, then stop if Ctrl-C or
+    SIGTERM asked. A save (its fsync: tens of ms) may outlast a small run's chunk, so
+    it is skipped under --checkpoint-every seconds after the last, unless stopping or
+    done."""
     last = [time.monotonic()]
 
     def at_chunk(opt_state, done, losses):
@@ -109,10 +99,8 @@ def checksum(arrays):
 
 
 def load(folder, fingerprint, structures):
-    """The progress saved in folder (as save was given it), or None if there is no
-    checkpoint. Raises Refused if it was made with other flags or another version of the
-    code's setups, or if it is truncated or corrupt. structures: each model's opt_state
-    tree structure."""
+    """The progress saved in folder, None without a checkpoint; Refused if it is
+    foreign, truncated or corrupt. structures: each model's opt_state tree structure."""
     path = os.path.join(folder, NAME)
     if not os.path.exists(path):
         return None
@@ -126,22 +114,19 @@ def load(folder, fingerprint, structures):
     if meta.get("checksum") != checksum(arrays):
         raise Refused(f"{path} is corrupt (its checksum does not match); delete it to "
                       "start again")
-    if meta["fingerprint"] != fingerprint:
-        raise Refused(f"{path} was made by another run: "
-                      f"{difference(meta['fingerprint'], fingerprint)}; resume it with "
-                      "its own command, or choose another --out")
+    saved = meta["fingerprint"]
+    if saved != fingerprint:
+        key = next(k for k in sorted({*saved, *fingerprint})
+                   if saved.get(k) != fingerprint.get(k))
+        raise Refused(f"{path} was made by another run: its {key} is "
+                      f"{saved.get(key)!r}, this run's {fingerprint.get(key)!r}; resume "
+                      "it with its own command, or choose another --out")
     progress = {}
     for name, m in meta["models"].items():
         leaves = [arrays[f"{name}/{i}"] for i in range(m["leaves"])]
         progress[name] = (tree_unflatten(structures[name], leaves), m["done"],
                           arrays[f"{name}/losses"])
     return progress
-
-
-def difference(saved, now):
-    """The first field in which two fingerprints differ, in words."""
-    key = next(k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
-    return f"its {key} is {saved.get(key)!r}, this run's {now.get(key)!r}"
 
 
 def remove(folder):
@@ -151,10 +136,9 @@ def remove(folder):
 
 
 def open_run(error, folder, fingerprint, structures, resume):
-    """Before anything is compiled: hold `folder` if it exists (error, one line, if a
-    live run holds it), and the progress to resume from, {} for a fresh start. A
-    checkpoint is never overwritten unasked: without --resume one is refused, as is one
-    that is foreign or torn."""
+    """Before compiling: the progress to resume, {} for a fresh start; error (one line)
+    if a live run holds `folder`, or for a checkpoint that is torn, foreign or unasked
+    (without --resume: a checkpoint is never overwritten)."""
     if os.path.isdir(folder) and not lock(folder, hold=False):
         error(f"argument --out: another run is writing to {folder!r} (a live process "
               "holds it); wait for it to end, or choose another --out")
@@ -170,8 +154,8 @@ def open_run(error, folder, fingerprint, structures, resume):
 
 
 def begin(error, folder):
-    """Make the folder and hold it, once the run is about to train (a refusal before
-    this point leaves no folder behind)."""
+    """Make the folder and hold it, just before training (an earlier refusal leaves no
+    folder)."""
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
@@ -182,11 +166,9 @@ def begin(error, folder):
 
 
 def lock(folder, hold=True):
-    """Hold `folder` for this process until it exits (hold=False: only ask whether a
-    live run holds it): a second run into it is refused. The lock is the kernel's (flock
-    on the folder itself), so a run that is killed releases it with its death: a stale
-    lock cannot block a resume. Returns False if a live run holds it. Where the system
-    has no fcntl (Windows), nothing is locked and this returns True."""
+    """Hold `folder` until this process exits (hold=False: only probe); False if a live
+    run holds it. The kernel's flock dies with a killed run, so no stale lock blocks a
+    resume. Without fcntl (Windows) nothing is locked."""
     try:
         import fcntl
     except ImportError:
@@ -204,13 +186,12 @@ def lock(folder, hold=True):
 
 @contextlib.contextmanager
 def removed_on_failure(folder):
-    """A run that fails (diverges: exit 1) leaves no checkpoint, and no folder it
-    emptied: it would fail again the same way. A stopped run (130, 143) keeps its
-    checkpoint."""
+    """A run that diverges (exit 1) leaves no checkpoint or emptied folder: it would
+    diverge again. A stopped run (130, 143) keeps its checkpoint."""
     try:
         yield
     except SystemExit as e:
-        if e.code not in tuple(STOP_CODES.values()) + (0, 2, None):
+        if e.code not in (*STOP_CODES.values(), 0, 2, None):
             remove(folder)
             with contextlib.suppress(OSError):
                 os.rmdir(folder)  # only if now empty
@@ -222,9 +203,8 @@ STOP_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as i
 
 
 class Stopper:
-    """While training: the first Ctrl-C or SIGTERM asks to stop at the next chunk
-    boundary (where the checkpoint is saved); a second one stops at once, as the signal
-    would have, leaving the previous checkpoint."""
+    """The first Ctrl-C or SIGTERM asks to stop at the next chunk boundary (after its
+    checkpoint); a second stops at once, leaving the previous checkpoint."""
 
     def __init__(self):
         self.signal = None

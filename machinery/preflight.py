@@ -1,8 +1,6 @@
-"""What stops a run of experiment.py before it starts: a flag's bad value, an output
-folder that cannot be written, a run too big for memory (by XLA's own count of the
-compiled programs, against what the device has). Each stops the program within seconds
-with one line naming the flag (exit 2), instead of failing after an hour of training,
-and before anything is written.
+"""What stops experiment.py before it starts, within seconds and before anything is
+written, in one line naming the flag (exit 2): a bad value, an --out that cannot be
+written, a run too big for memory (XLA's count of the compiled programs).
 """
 import math
 import os
@@ -12,37 +10,25 @@ from machinery import program
 from machinery.program import checked
 
 
-def check_args(ap, args):
-    """What no single flag's type can check: the last seed, and that --out can be
-    written (now, not after training, and without creating it: a refusal leaves no empty
-    folder)."""
-    if args.seed + args.seeds > 2**32:
-        ap.error(f"argument --seeds: run r uses seed {args.seed} + r, which must stay "
-                 f"below 2**32; expected at most {2**32 - args.seed:,}, got "
-                 f"{args.seeds:,}")
-    program.check_out(ap.error, args.out)
-
-
 def defaults(setups, name):
     """A flag's values in the setups, for its help: (paper 70,000, code 70,000, ...)."""
     return "(" + ", ".join(f"{s} {setups[s][name]:,}" for s in setups) + ")"
 
 
 def add_flags(ap, setups, default):
-    """experiment.py's flags on `ap`, each with its check and its default (a setup's
-    value where the setup sets it)."""
+    """experiment.py's flags on `ap`, each with its check and default (a setup's value
+    where the setup sets it)."""
     count = checked(int, lambda v: v >= 1, "a whole number >= 1")
+    positive = checked(float, lambda v: 0 < v < math.inf, "a finite number > 0")
     ap.add_argument("--setup", choices=setups, default=default, help="the paper's "
                     f"text, the authors' released code, or the 2019 blog ({default})")
-    for flag, metavar, what in (
-            ("steps", "N", "meta-training steps, and the baseline's"),
-            ("tasks", "N", "tasks per meta-batch"),
-            ("k", "K", "support and query points per task")):
-        ap.add_argument(f"--{flag}", type=count, metavar=metavar,
+    for flag, kind, metavar, what in (
+            ("steps", count, "N", "meta-training steps, and the baseline's"),
+            ("tasks", count, "N", "tasks per meta-batch"),
+            ("k", count, "K", "support and query points per task"),
+            ("alpha", positive, "A", "inner step size")):
+        ap.add_argument(f"--{flag}", type=kind, metavar=metavar,
                         help=f"{what} {defaults(setups, flag)}")
-    positive = checked(float, lambda v: 0 < v < math.inf, "a finite number > 0")
-    ap.add_argument("--alpha", type=positive, metavar="A",
-                    help="inner step size " + defaults(setups, "alpha"))
     seed = checked(int, lambda v: 0 <= v < 2**32, "a whole number in [0, 2**32)")
     ap.add_argument("--seed", default=0, metavar="S", type=seed,
                     help="seed of run 0; run r uses seed S + r (0)")
@@ -65,9 +51,8 @@ def add_flags(ap, setups, default):
 
 
 def parse_args(argv, setups, default):
-    """experiment.py's flags, and the setup they choose: one of `setups`, with the
-    values the flags override, `default` without --setup. A bad value stops the program
-    here with one line naming the flag (exit 2)."""
+    """experiment.py's flags, and the setup they choose (`default` without --setup) with
+    the values they override. A bad value stops here in one line (exit 2)."""
     ap = program.parser("experiment.py",
                         "MAML on the sinusoid regression of Finn et al. 2017.")
     add_flags(ap, setups, default)
@@ -75,7 +60,11 @@ def parse_args(argv, setups, default):
     args = ap.parse_args(argv)
     args.argv = [word for word in argv if word != "--resume"]  # the results' command
     args.out = args.out or os.path.join("runs", f"{args.setup}-seed{args.seed}")
-    check_args(ap, args)
+    if args.seed + args.seeds > 2**32:  # what no single flag's type can check
+        ap.error(f"argument --seeds: run r uses seed {args.seed} + r, which must stay "
+                 f"below 2**32; expected at most {2**32 - args.seed:,}, got "
+                 f"{args.seeds:,}")
+    program.check_out(ap.error, args.out)  # now, not after training
     setup, args.defaults = dict(setups[args.setup]), setups[args.setup]
     setup.update({name: getattr(args, name) for name in ("steps", "tasks", "k", "alpha")
                   if getattr(args, name) is not None})
@@ -83,9 +72,8 @@ def parse_args(argv, setups, default):
 
 
 def available():
-    """Bytes the default device can still take: what the accelerator reports, or on the
-    CPU the operating system's count of available memory (free memory plus caches it can
-    drop)."""
+    """Bytes the default device can still take: the accelerator's count, or on the CPU
+    the system's MemAvailable (free memory and the caches it can drop)."""
     import jax
 
     stats = jax.devices()[0].memory_stats() or {}
@@ -114,11 +102,9 @@ def readable(n_bytes):
 
 
 def refuse_if_over(error, flags, what, need, counted, lower_bound=False):
-    """Call error (argparse's: one line, exit 2) if `need` bytes exceed what is
-    available now. `what` says what needs them, `counted` how they were counted; a lower
-    bound says "at least". flags: {flag: (value, default)} of the flags the need grows
-    with, about in proportion; the line names the one set furthest above its default,
-    and the largest value that would fit."""
+    """error (one line) if the `need` bytes of `what` (as `counted`) exceed what is
+    available. flags: {flag: (value, default)}, that the need grows with in proportion:
+    the line names the one furthest above its default, and the largest value to fit."""
     free = available()
     if need > free:
         flag, (value, default) = max(flags.items(), key=lambda f: f[1][0] / f[1][1])
@@ -126,43 +112,36 @@ def refuse_if_over(error, flags, what, need, counted, lower_bound=False):
               f"{readable(need)} ({counted}), more than the {readable(free)} available;"
               f" expected {flag} at most about {max(1, int(value * free / need)):,}, "
               f"got {value:,}")
+
+
+def refuse_training(error, args, setup, need, counted, lower_bound=False):
+    """refuse_if_over for training, naming the flags its memory grows with."""
+    flags = {"--tasks": (setup["tasks"], args.defaults["tasks"]),
+             "--k": (setup["k"], args.defaults["k"]), "--seeds": (args.seeds, 1)}
+    what = (f"training {args.seeds:,} run(s) of {setup['steps']:,} steps of "
+            f"{setup['tasks']:,} tasks with K = {setup['k']:,}")
+    refuse_if_over(error, flags, what, need, counted, lower_bound)
 # -8<- [end:memory]
-
-
-def training(runs, steps, tasks, k):
-    return (f"training {runs:,} run(s) of {steps:,} steps of {tasks:,} tasks with "
-            f"K = {k:,}")
-
-
-def training_flags(args, setup):
-    """The flags a training run's memory grows with, each with its setup's default."""
-    return {"--tasks": (setup["tasks"], args.defaults["tasks"]),
-            "--k": (setup["k"], args.defaults["k"]), "--seeds": (args.seeds, 1)}
 
 
 # -8<- [start:check_compiled]
 def check_tasks(error, args, setup, longest_chunk):
-    """Stop now (exit 2) if one training chunk's tasks alone, which its loop must hold,
-    exceed the available memory. A lower bound, counted before compiling: XLA is not
-    asked to compile shapes that cannot fit (jax 0.4.29's XLA crashes compiling loops
-    over ~1e13 elements)."""
+    """Stop (exit 2) if a training chunk's tasks alone exceed the memory: a lower bound
+    counted before compiling (jax 0.4.29's XLA crashes compiling loops over ~1e13
+    elements)."""
     # x1, y1, x2, y2 of every task of every run, K numbers each, 4 bytes a float32
     need = longest_chunk * args.seeds * setup["tasks"] * 4 * setup["k"] * 4
-    refuse_if_over(error, training_flags(args, setup), training(
-        args.seeds, setup["steps"], setup["tasks"], setup["k"]), need,
-        "a chunk's tasks alone", lower_bound=True)
+    refuse_training(error, args, setup, need, "a chunk's tasks alone", lower_bound=True)
 
 
 def check_compiled(error, args, setup, train_loops, evaluation):
-    """Stop now (exit 2, one line naming the flag) if training or evaluation cannot fit:
-    XLA's count of every compiled training loop (the largest) and of the evaluation's
-    programs (all at once), and the host's arrays of keys and losses. Nothing has run
-    yet."""
-    runs, steps = args.seeds, setup["steps"]
-    host = runs * steps * (8 + 2 * 4)  # each step's key, and two losses, per run
-    need = max(needs(c) for c in train_loops) + host
-    refuse_if_over(error, training_flags(args, setup), training(
-        runs, steps, setup["tasks"], setup["k"]), need, "XLA's count")
+    """Stop (exit 2) before anything runs if training or evaluation cannot fit: XLA's
+    count of the largest training loop plus the host's keys and losses, and of all the
+    evaluation's programs at once."""
+    runs = args.seeds
+    host = runs * setup["steps"] * (8 + 2 * 4)  # a step's key and two losses, per run
+    need = max(map(needs, train_loops)) + host
+    refuse_training(error, args, setup, need, "XLA's count")
     flags = {"--eval-tasks": (args.eval_tasks, 600), "--seeds": (runs, 1)}
     refuse_if_over(error, flags, f"evaluating {runs:,} run(s) on {args.eval_tasks:,} "
                    "held-out tasks", sum(needs(c) for c in evaluation), "XLA's count")

@@ -1,11 +1,6 @@
-"""What every program of the project shares, each job done here once: its command line
-(with one-line errors), its --out folder, how a result is written (the JSON, then the
-text rendered from what was written), the command a result records, the environment it
-records, and markdown tables.
-
-A result is data first: the JSON says how to remake it (the command, path-free: a
-committed result must not name the machine it ran on), on what (the processor, the
-package versions) and when (with the load average, since the machine may be shared).
+"""What every program shares, each job done once: the command line (one-line errors),
+--out, writing a result (the JSON, then the text rendered from it), and what a result
+records: its command (path-free), the environment, the time and the load average.
 Standard library only.
 """
 import argparse
@@ -45,9 +40,8 @@ def one_line_error(ap):
 
 
 def parser(prog, description, out=None, what="its results"):
-    """A program's ArgumentParser: one-line errors, no abbreviated flags, and, with
-    `out` (the default folder), --out DIR. Parsing writes nothing; `parse` checks --out
-    can be written."""
+    """A program's ArgumentParser: one-line errors, no abbreviated flags, and --out DIR
+    when `out` (its default) is given."""
     ap = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
     ap.error = one_line_error(ap)
     if out is not None:
@@ -57,8 +51,8 @@ def parser(prog, description, out=None, what="its results"):
 
 
 def parse(ap, argv=None):
-    """The flags, with args.argv (the words given, for the recorded command). Stops in
-    one line (exit 2) if --out could not be written, without creating anything."""
+    """The flags, with args.argv (the words, for the recorded command); one line (exit
+    2) if --out could not be written."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
     args.argv = argv
@@ -67,27 +61,22 @@ def parse(ap, argv=None):
     return args
 
 
-CLOSED_PIPE = 141  # what a shell reports for a program stopped by SIGPIPE (128 + 13)
-
-
 @contextlib.contextmanager
 def closed_pipe_exits():
-    """A reader that goes away (`python experiment.py | head`) ends the program quietly
-    with exit 141, the shell's code for a closed pipe, instead of a BrokenPipeError
-    traceback and exit 1 (which the programs use for a diverged run)."""
+    """A reader that goes away (`... | head`) ends the program with exit 141, a shell's
+    code for SIGPIPE, not a traceback and exit 1 (which means a diverged run)."""
     try:
         yield
         sys.stdout.flush()
     except BrokenPipeError:
         # Python flushes stdout again at exit, into the same pipe: point it at devnull.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(CLOSED_PIPE)
+        sys.exit(128 + 13)
 
 
 def check_out(error, folder):
-    """Stop (error: one line) unless `folder` is a folder, or can be made one, that this
-    process can write into. Nothing is created: a refusal, or a run stopped later,
-    leaves no empty folder."""
+    """Stop (error: one line) unless `folder` is, or can be made, a folder this process
+    can write into. Nothing is created, so a refusal leaves no empty folder."""
     path = os.path.abspath(folder)
     while not os.path.exists(path):
         path = os.path.dirname(path)
@@ -100,14 +89,9 @@ def check_out(error, folder):
 
 
 def command(program, argv, hide=None, env=None):
-    """The command line that remade a result, without this machine's paths: `python
-    PROGRAM ARGV` for a file (experiment.py), `python -m PROGRAM ARGV` for a module
-    (studies.bench).
-
-    `hide` maps a flag to the words that stand for its value (an interpreter of this
-    machine, say); `env` maps an environment variable that the run read to such words,
-    written in front. Any other absolute path becomes relative to the repository, or
-    "<a path>" outside it."""
+    """The command that remade a result, free of this machine's paths: `python FILE.py
+    ARGV` or `python -m MODULE ARGV`. `hide` maps a flag to words standing for its
+    value, `env` a variable the run read to such words (written in front)."""
     hide = hide or {}
     run = ["python", program] if program.endswith(".py") else ["python", "-m", program]
     words = [f"{name}={text}" for name, text in (env or {}).items()] + run
@@ -123,8 +107,7 @@ def command(program, argv, hide=None, env=None):
 
 
 def portable(word):
-    """A word of a command line, quoted for the shell; an absolute path made relative to
-    the repository, or "<a path>" outside it."""
+    """A word, shell-quoted; an absolute path made relative to the repository."""
     flag, eq, value = word.partition("=") if word.startswith("--") else ("", "", word)
     if not os.path.isabs(value):
         return shlex.quote(word)
@@ -147,11 +130,8 @@ BASE = ("cpu", "cores", "system", "python", "jax", "jaxlib", "numpy", "device")
 
 
 def environment(device=None, **extra):
-    """The one environment record: the processor, its cores, the system, the package
-    versions, the device (given by a program that has started JAX; "(not started)"
-    otherwise: on a GPU, a driver that held the device would take memory from the
-    processes a benchmark measures), and whatever else a program measured with (torch,
-    say)."""
+    """The environment record: processor, cores, system, versions, the device (given by
+    a program that started JAX: a benchmark's driver must not hold the GPU), `extra`."""
     versions = {p: importlib.metadata.version(p) for p in ("jax", "jaxlib", "numpy")}
     return dict(cpu=cpu(), cores=os.cpu_count(), system=platform.system(),
                 python=platform.python_version(), **versions,
@@ -159,7 +139,7 @@ def environment(device=None, **extra):
 
 
 def jax_device():
-    """The default JAX device, as the environment record names it: 'cpu (cpu)', say."""
+    """The default JAX device, as the environment names it: 'cpu (cpu)', say."""
     import jax
 
     d = jax.devices()[0]
@@ -169,8 +149,7 @@ def jax_device():
 
 def environment_text(m):
     """The environment record in one phrase."""
-    extra = "".join(f", {name} {m[name] or '(not run)'}"
-                    for name in m if name not in BASE)
+    extra = "".join(f", {k} {v or '(not run)'}" for k, v in m.items() if k not in BASE)
     return (f"{m['cpu']}, {m['cores']} cores, {m['system']}, Python {m['python']}, "
             f"jax {m['jax']}, jaxlib {m['jaxlib']}, numpy {m['numpy']}, device "
             f"{m.get('device', '(not recorded)')}{extra}")
@@ -186,9 +165,7 @@ def load():
 
 
 def table(header, rows, align=None):
-    """A markdown table: a header, its separator (`align`: a string of 'l' and 'r', one
-    a column; left by default) and one line per row; cells are turned into text with
-    str."""
+    """A markdown table; `align`: 'l' or 'r' for each column (all 'l' by default)."""
     align = align or "l" * len(header)
     rule = ["---:" if a == "r" else "---" for a in align]
     return "".join("| " + " | ".join(map(str, row)) + " |\n"
@@ -196,9 +173,8 @@ def table(header, rows, align=None):
 
 
 def dumps(x, indent=""):
-    """JSON with one key or record per line, but a list of numbers, or a record of them,
-    on one line: readable, and thousands of numbers stay a short file. No NaN or
-    infinity: they are not JSON."""
+    """JSON, a key or record a line, but a list or record of numbers on one line
+    (thousands of numbers stay a short file). No NaN or infinity: they are not JSON."""
     inner = indent + " "
     if isinstance(x, dict) and any(isinstance(v, (dict, list)) for v in x.values()):
         items = [f"{inner}{json.dumps(k)}: {dumps(v, inner)}" for k, v in x.items()]
@@ -211,8 +187,8 @@ def dumps(x, indent=""):
 
 # -8<- [start:write_whole]
 def write_whole(path, write):
-    """Write a file whole or not at all: into a temporary file beside it, then an atomic
-    rename. The folder is made here, when the first file is written, and not before."""
+    """Write a file whole or not at all: a temporary file beside it, then an atomic
+    rename. The folder is made here, with the first file, not before."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.part"
     try:
@@ -236,9 +212,8 @@ def read_json(path):
 
 
 def write(out, name, data, render, suffix=".md"):
-    """A result in folder `out`: NAME.json, then NAME + suffix rendered from what was
-    written (read back: the text can show nothing the JSON does not hold), each whole or
-    not at all. Returns the text."""
+    """NAME.json in `out`, then NAME + suffix rendered from the JSON read back (so the
+    text shows nothing the JSON lacks), each whole or not at all. Returns the text."""
     path = os.path.join(out, name + ".json")
     write_text(path, dumps(data) + "\n")
     text = render(read_json(path))
