@@ -1,25 +1,20 @@
 """ANIL (Raghu, Raghu, Bengio & Vinyals, 2020) beside MAML, in the released code's setting.
 
 ANIL, "almost no inner loop", adapts only the network's last Dense layer in the inner loop; the
-body's layers pass through it unchanged, and the outer loop still trains all of them. Built on
-maml.py's functions, turned into a training step by studies.variants.make_step and trained by
-experiment.py's own loop. MAML is trained beside it, from the same seeds: the same initial
-parameters, task stream and 600 held-out tasks as `experiment.py --setup code` (run r from seed r).
-Writes the table the Variations page shows.
+outer loop still trains every layer. Built on maml.py's functions and trained like the variants
+(studies.variants), beside MAML from the same seeds: the same initial parameters, task stream and
+600 held-out tasks as `experiment.py --setup code`. Writes the table the Variations page shows.
 
     python -m studies.anil                  # 5 runs of each, 70,000 steps: figures/anil.md
     python -m studies.anil --seeds 2 --steps 300 --eval-tasks 50 --out /tmp/anil  # quick
 """
-import time
-
-import numpy as np
-from jax import grad, vmap
+from jax import grad
 from jax.tree_util import tree_map
 
 import experiment
 import maml
 from machinery import program, report
-from studies.variants import make_step
+from studies.variants import VARIANTS, make_step, same_theta, train_all, variant_cells
 
 SETUP = "code"  # the released code's setting: alpha 0.001, weights of std 0.01, zero biases
 SHOWN_STEPS = (1, 5, 10)
@@ -43,31 +38,13 @@ def anil_loss(params, x1, y1, x2, y2, alpha=0.01):
 # -8<- [end:anil]
 
 
-# name: (training step, how a held-out task adapts)
-MODELS = {"MAML": (maml.step, maml.inner_update), "ANIL": (make_step(anil_loss), anil_inner_update)}
-
-
-def run_model(name, setup, seeds, test, log):
-    """Train one model for `seeds` runs at once (seeds 0, 1, ...); each run's mean held-out MSE
-    after 0..10 steps for each K (report.run_numbers, as results.json has it), and its time."""
-    step_fn, update = MODELS[name]
-    keys = experiment.run_keys(0, seeds)  # experiment.py's keys: the same init and tasks
-    theta = vmap(experiment.INITS[setup["init"]])(keys[0])
-    compiled = experiment.compile_training(step_fn, tree_map(lambda a: a[0], theta), setup, seeds)
-    trained, _, per_step = experiment.train(compiled, theta, keys[1], setup, name, log=log)
-    alphas = np.full(seeds, setup["alpha"], np.float32)
-    cells = {}
-    for k in experiment.EVAL_KS:
-        curves = experiment.run_curves(trained, test, k, alphas, update=update)
-        runs = [report.run_numbers(mse) for mse in curves]
-        cells[k] = dict(runs=runs, over_runs=report.over_runs(runs))
-    return dict(ms_per_step=1e3 * per_step, cells=cells)
+# name: (training step, what it trains, how a held-out task adapts)
+MODELS = {"MAML": VARIANTS["MAML"], "ANIL": (make_step(anil_loss), same_theta, anil_inner_update)}
 
 
 def cell_row(name, k, c, data):
-    """One row of the table: the mean ± interval after 1, 5 and 10 steps; the tasks of all runs
-    that ran away (MSE above 10 times its start) by the last of them, and the runs whose mean
-    they dominate; the speed."""
+    """One row: the mean ± interval after 1, 5 and 10 steps; the tasks of all runs that ran away
+    by the last, and the runs whose mean they dominate; the speed."""
     over, last = c["over_runs"], SHOWN_STEPS[-1]
     runaway = sum(run["runaway"][last] for run in c["runs"])
     return [name, k, *(report.cell_text(c, n, "") for n in SHOWN_STEPS),
@@ -112,13 +89,11 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     setup = dict(experiment.SETUPS[SETUP], steps=args.steps)
-    test_key = experiment.run_keys(0, 1)[4, 0]  # experiment.py's held-out tasks
-    test = experiment.eval_tasks(test_key, args.eval_tasks, max(experiment.EVAL_KS),
-                                 setup["amp_range"])
-    models, t0 = {}, time.perf_counter()
-    for name in MODELS:
-        models[name] = run_model(name, setup, args.seeds, test, log=lambda line: None)
-        print(f"{name}: trained and evaluated, {time.perf_counter() - t0:.0f} s so far", flush=True)
+    curves, per_step = train_all(MODELS, setup, args.seeds, 0, args.eval_tasks)
+    models = {name: dict(ms_per_step=1e3 * per_step[name],
+                         cells={c["k"]: dict(runs=c["runs"], over_runs=c["over_runs"])
+                                for c in variant_cells(name, curves[name])})
+              for name in MODELS}
     data = report.plain(dict(
         command=program.command("studies.anil", args.argv), setup_name=SETUP, setup=setup,
         seeds=args.seeds, steps=args.steps, eval_tasks=args.eval_tasks,

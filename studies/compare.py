@@ -1,11 +1,9 @@
 """The paper's K = 5 numbers beside ours, under the paper's text (`paper`) and the released code
 (`code`): the table the README and the Results page show, and a figure with every run.
 
-Reads figures/paper/results.json and figures/code/results.json, as
-`python experiment.py --setup SETUP --seeds 20 --out figures/SETUP` wrote them, and writes
-comparison.json (the K = 5 numbers it takes from them), comparison.md rendered from it, and
-runs.png. The numbers are copied from the JSON, never recomputed, so the table can only say what
-the committed results say.
+Reads figures/paper/results.json and figures/code/results.json (`python experiment.py --setup
+SETUP --seeds 20 --out figures/SETUP`) and writes comparison.json (the K = 5 numbers it copies
+from them, never recomputed), comparison.md rendered from it, and runs.png.
 
     python -m studies.compare                 # figures/comparison.json, .md and runs.png
     python -m studies.compare --out /tmp/cmp  # the same files elsewhere
@@ -29,8 +27,9 @@ def load(setup, root=os.path.join(program.ROOT, "figures")):
 
 
 def cell_numbers(cell):
-    """What the table and the figure show of one K = 5 cell: its step sizes, the numbers over runs
-    and every run's mean after 1, 5 and 10 steps, and how many runs' means runaway tasks dominate."""
+    """What the table and the figure show of one K = 5 cell after 1, 5 and 10 steps: its step
+    sizes, the numbers over runs, every run's mean, and the runs whose mean runaway tasks
+    dominate."""
     s, runs = cell["over_runs"], cell["runs"]
     return dict(step_sizes=cell["step_sizes"],
                 over_runs={key: [s[key][n] for n in STEPS]
@@ -49,27 +48,19 @@ def numbers(loaded, argv=()):
                 for setup, r in loaded.items()}))
 
 
-def mean_text(cell, i, n_runs):
-    """The mean over runs and its interval, or, where runaway tasks dominate some runs' means,
-    how many runs diverge (the median row beside it is the robust number)."""
-    if cell["dominated"][i]:
-        return f"diverges in {cell['dominated'][i]} of {n_runs} runs"
-    s = cell["over_runs"]
-    return f"{report.number(s['mean'][i])} ± {report.number(s['half'][i])}"
-
-
 def rows(data, setup, name):
-    """Three rows for one setting and model: mean ± interval, median [range], runs above twice
-    the paper's number."""
-    cell, n_runs, steps = data["setups"][setup]["cells"][name], data["setups"][setup]["runs"], \
-        range(len(data["steps"]))
-    s, paper = cell["over_runs"], data["paper"][name]
+    """Three rows for one setting and model: mean ± interval (or, where runaway tasks dominate
+    some runs' means, how many diverge: the median row is the robust number), median [range],
+    runs above twice the paper's number."""
+    cell, n_runs = data["setups"][setup]["cells"][name], data["setups"][setup]["runs"]
+    s, paper, steps = cell["over_runs"], data["paper"][name], range(len(data["steps"]))
+    means = [f"diverges in {cell['dominated'][i]} of {n_runs} runs" if cell["dominated"][i]
+             else f"{report.number(s['mean'][i])} ± {report.number(s['half'][i])}" for i in steps]
     spread = [f"{report.number(s['median'][i])} [{report.number(s['min'][i])}, "
               f"{report.number(s['max'][i])}]" for i in steps]
     above = [f"{sum(m > 2 * paper[i] for m in cell['run_means'][i])} of {n_runs}" for i in steps]
     return [[name, f"ours, `{setup}`, {n_runs} runs: mean ± 95% t-interval",
-             report.step_size_text(cell["step_sizes"]),
-             *(mean_text(cell, i, n_runs) for i in steps)],
+             report.step_size_text(cell["step_sizes"]), *means],
             ["", "median [lowest, highest] of the runs", "", *spread],
             ["", "runs above twice the paper's number", "", *above]]
 

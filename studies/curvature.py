@@ -1,22 +1,17 @@
 """Why some held-out tasks run away: the curvature of their support loss against the step size.
 
-One gradient step of size alpha multiplies the error along an eigenvector of the support loss's
-Hessian, of eigenvalue lambda, by (1 - alpha lambda): near the meta-learned parameters, repeated
-steps grow that error once lambda > 2 / alpha. For every run of MAML that `experiment.py` trained
-and saved (figures/paper and figures/code: params.npz, results.json), this measures the largest
-eigenvalue on each held-out task at the meta-learned parameters, and sets it beside the tasks
-whose MSE ended 10 steps higher than it started. It writes every task's eigenvalue, the tasks
-that ended worse and the counts as JSON, and the table the Results page shows beside it.
-
-Run from the repository root:
+A gradient step of size alpha multiplies the error along a Hessian eigenvector of eigenvalue
+lambda by (1 - alpha lambda): repeated steps grow it once lambda > 2 / alpha. For every MAML run
+that `experiment.py` saved (figures/paper and figures/code: params.npz, results.json), this
+measures each held-out task's largest eigenvalue at the meta-learned parameters, beside the tasks
+whose MSE ended 10 steps higher than it started; it writes them as JSON, with the table the
+Results page shows. From the repository root:
 
     python -m studies.curvature                 # figures/curvature.json and figures/curvature.txt
     python -m studies.curvature --tasks 40 --out /tmp/c   # the first 40 tasks, a quick look
     python -m studies.curvature --figures /tmp/runs   # the runs saved in /tmp/runs/{paper,code}
 """
 import os
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,26 +22,22 @@ from jax.tree_util import tree_structure, tree_unflatten
 import experiment
 import maml
 from machinery import program, report
+from studies.variants import held_out_tasks
 
 
 # -8<- [start:eigenvalue]
 def top_eigenvalue(params, x1, y1, iters=300):
     """The largest eigenvalue of the Hessian of loss(params; x1, y1), by power iteration
-    on Hessian-vector products (forward over reverse mode: the Hessian itself is never
-    formed).
-
-    Power iteration finds the eigenvalue of largest magnitude, mu. If it is negative, a
-    second pass on H - mu I (whose eigenvalues are all >= 0) finds the largest one,
-    shifted back."""
+    on Hessian-vector products (forward over reverse mode: the Hessian is never formed).
+    That finds the eigenvalue of largest magnitude, mu; if it is negative, a second pass
+    on H - mu I (whose eigenvalues are all >= 0) finds the largest one, shifted back."""
     theta, unravel = ravel_pytree(params)
 
     def support_loss(t):
         return maml.loss(unravel(t), x1, y1)
 
-    support_grad = grad(support_loss)
-
     def hvp(v):
-        return jax.jvp(support_grad, (theta,), (v,))[1]
+        return jax.jvp(grad(support_loss), (theta,), (v,))[1]
 
     def power(shift):
         def body(_, v):
@@ -55,41 +46,27 @@ def top_eigenvalue(params, x1, y1, iters=300):
         v = lax.fori_loop(0, iters, body, jnp.ones_like(theta) / jnp.sqrt(theta.size))
         return jnp.vdot(v, hvp(v))  # the Rayleigh quotient of the unit vector v
     mu = power(0.0)
-    shift = jnp.minimum(mu, 0.0)
-    return jnp.where(mu < 0, power(shift), mu)
+    return jnp.where(mu < 0, power(jnp.minimum(mu, 0.0)), mu)
 # -8<- [end:eigenvalue]
 
 
-@jit
-def all_eigenvalues(params, x1, y1):
-    """top_eigenvalue for every run (params carry a run axis) and every task: (runs, tasks)."""
-    def one_run(p):
-        return vmap(partial(top_eigenvalue, p))(x1, y1)
-    return vmap(one_run)(params)
+# top_eigenvalue for every run (params carry a run axis) and every task: (runs, tasks)
+all_eigenvalues = jit(vmap(vmap(top_eigenvalue, (None, 0, 0)), (0, None, None)))
 
 
 def load(folder):
     """The MAML parameters of every run that `experiment.py --out FOLDER` saved (params.npz,
-    each leaf with its run axis first), and what that run's results.json says of them."""
+    each leaf with its run axis first), and that run's results.json."""
     saved = np.load(os.path.join(folder, "params.npz"))
     structure = tree_structure(maml.net_init(random.PRNGKey(0), (-1, 1))[1])
     leaves = [saved[f"MAML/{i}"] for i in range(structure.num_leaves)]
-    return tree_unflatten(structure, leaves), program.read_json(os.path.join(folder, "results.json"))
-
-
-def held_out(results, n_tasks=None):
-    """The held-out tasks experiment.py evaluated on (drawn from run 0's test key), or the first
-    n_tasks of them."""
-    test_key = experiment.run_keys(results["seeds"][0], 1)[4, 0]
-    x1, y1, x_test, y_test = experiment.eval_tasks(
-        test_key, results["eval_tasks"], max(experiment.EVAL_KS),
-        tuple(results["setup"]["amp_range"]))
-    return x1[:n_tasks], y1[:n_tasks], x_test, y_test[:n_tasks]
+    results = program.read_json(os.path.join(folder, "results.json"))
+    return tree_unflatten(structure, leaves), results
 
 
 def f32(x):
     """A float32 as a JSON number: the shortest decimal that reads back as the same float32 (half
-    the digits of its float64, and nothing lost)."""
+    a float64's digits, and nothing lost)."""
     return float(np.format_float_positional(np.float32(x), unique=True))
 
 
@@ -112,8 +89,8 @@ def run_record(seed, step_size, lam, curve):
 
 
 def summary(runs):
-    """The numbers of one K over every task of every run: the eigenvalues' median, 99th
-    percentile and maximum, and the counts summed."""
+    """One K over every task of every run: the eigenvalues' median, 99th percentile and maximum,
+    and the counts summed."""
     lam = np.concatenate([r["eigenvalues"] for r in runs])
     counts = {name: sum(r["counts"][name] for r in runs)
               for name in ("tasks", "steep", "worse", "both", "overflowed")}
@@ -124,9 +101,12 @@ def summary(runs):
 
 def measure(folder, n_tasks=None):
     """One setup's record: for each K that experiment.py evaluated MAML at, every run's
-    eigenvalues and tasks that ended worse, each run with the step size it adapted with."""
+    eigenvalues and tasks that ended worse, each run with the step size it adapted with, on the
+    held-out tasks experiment.py drew (or their first n_tasks)."""
     params, results = load(folder)
-    test = held_out(results, n_tasks)
+    x1, y1, x_test, y_test = held_out_tasks(results["seeds"][0], results["eval_tasks"],
+                                            tuple(results["setup"]["amp_range"]))
+    test = x1[:n_tasks], y1[:n_tasks], x_test, y_test[:n_tasks]
     ks = []
     for cell in (c for c in results["cells"] if c["model"] == "MAML"):
         k, sizes = cell["k"], np.asarray(cell["step_sizes"], np.float32)
@@ -163,12 +143,17 @@ def render(data):
     return "\n".join(lines) + "\n"
 
 
-def parse_args(argv=None):
-    ap = program.parser("python -m studies.curvature", __doc__.splitlines()[0], out="figures",
-                        what="curvature.json and curvature.txt")
-    ap.add_argument("--setups", default="paper,code", help="the setups to measure (paper,code)")
+def figures_parser(name, description, what):
+    """The parser of a study of saved runs: --out (figures), and --figures DIR, where they are."""
+    ap = program.parser(f"python -m studies.{name}", description, out="figures", what=what)
     ap.add_argument("--figures", default=os.path.join(program.ROOT, "figures"), metavar="DIR",
                     help="the folder that holds a folder of saved runs per setup (figures)")
+    return ap
+
+
+def parse_args(argv=None):
+    ap = figures_parser("curvature", __doc__.splitlines()[0], "curvature.json and curvature.txt")
+    ap.add_argument("--setups", default="paper,code", help="the setups to measure (paper,code)")
     ap.add_argument("--tasks", type=program.checked(int, lambda n: n >= 1, "an integer >= 1"),
                     help="only the first N held-out tasks")
     return program.parse(ap, argv)

@@ -1,18 +1,13 @@
 """Mutation testing: how many small bugs planted in maml.py and the evaluation do the tests catch?
 
-mutmut (not a requirement of the project: `pip install mutmut==3.8.1` beside it) copies the code,
-makes one small change at a time inside a function (a `+` for a `-`, 0.01 for 1.01, a dropped
-argument), and runs the tests that call that function. A change no test notices "survives".
-This program prepares a copy of the project that mutmut can work on, runs it over the functions
-in SCOPE, and writes what became of every mutant as JSON, with the table the Testing page shows.
-
-Two things about the copy, both because mutmut only mutates the bodies of undecorated functions:
-`@jit` and `@partial(jit, ...)` above a function become `f = jit(f)` after it (the same function),
-so `step` is mutated too; a conftest.py clears JAX's caches before each test while mutmut maps
-tests to functions (else a function traced by one test is not traced again by the next, and mutmut
-would think only the first test calls it).
-Each mutant runs in a fresh process (mutmut's fork server, forking before JAX is imported). From
-the repository root (35 minutes on two cores on 2026-12-01: 25 for mutmut, 10 planted by hand):
+mutmut (not a requirement: `pip install mutmut==3.8.1` beside the project) makes one small change
+at a time inside a function (a `+` for a `-`, 0.01 for 1.01) and runs the tests that call it; a
+change no test notices "survives". This runs it on a copy of the project over SCOPE and writes
+every mutant's outcome as JSON, with the table the Testing page shows. mutmut mutates only
+undecorated functions, so in the copy `@jit` above a function becomes `f = jit(f)` after it; and
+while mutmut maps tests to functions, a conftest.py clears JAX's caches before each test (a
+function traced by one test is not traced again by the next). From the repository root (35
+minutes on two cores on 2026-12-01: 25 for mutmut, 10 planted by hand):
 
     python -m studies.mutation --work /tmp/mutation --label after   # figures/mutation.json, .md
 """
@@ -30,9 +25,8 @@ from pathlib import Path
 from machinery import program
 
 ROOT = program.ROOT
-# The functions mutated, by module: maml.py's whole algorithm, and the evaluation of experiment.py
-# (held-out tasks, adaptation, the baseline's step size) with the statistics machinery/report.py
-# makes of it. mutmut names a mutant after its module: machinery.report.x_mean_ci__mutmut_3.
+# maml.py's whole algorithm, and experiment.py's evaluation with the statistics of
+# machinery/report.py. mutmut names a mutant after its module: machinery.report.x_mean_ci__mutmut_3.
 SCOPE = {
     "maml": ["loss", "inner_update", "maml_loss", "batch_maml_loss", "sample_sinusoids",
              "sample_tasks", "step"],
@@ -47,8 +41,10 @@ TESTS = ["test_maml.py", *(f"studies/test_{name}.py" for name in
          "studies/test_docs.py::test_python_blocks_of_the_page_run_and_their_asserts_hold"]
 # Left out: three slow tests that check what faster ones check too, and two that read maml.py's
 # text (its imports, its length), which mutmut's copy changes whatever the mutant.
-LEFT_OUT = ["empty_folder", "whatever_the_seeds", "jit_equals", "needs_no_package", "about_50_lines"]
-# What the tests read besides the modules in SCOPE (machinery/ file by file: report.py is mutated).
+LEFT_OUT = ["empty_folder", "whatever_the_seeds", "jit_equals", "needs_no_package",
+            "about_50_lines"]
+PYTEST_ARGS = ["-p", "no:cacheprovider", "-k", f"not ({' or '.join(LEFT_OUT)})"]
+# What the tests read besides SCOPE (machinery/ file by file: report.py is mutated).
 COPY = ["machinery/__init__.py", "machinery/preflight.py", "machinery/program.py", "studies",
         "figures", "docs", "README.md", "mkdocs.yml"]
 CONFTEST = '''import os
@@ -88,46 +84,45 @@ def undecorate(source):
 
 def setup_cfg():
     """mutmut's configuration for the copy."""
-    deselect = " or ".join(LEFT_OUT)
+    def listing(key, items):
+        return f"{key}=\n" + "\n".join(f"    {item}" for item in items)
     return "\n".join([
-        "[mutmut]",
-        "source_paths=\n" + "\n".join(f"    {m.replace('.', '/')}.py" for m in SCOPE),
-        "also_copy=\n" + "\n".join(f"    {p}" for p in COPY + ["conftest.py"]),
-        "pytest_add_cli_args_test_selection=\n" + "\n".join(f"    {t}" for t in TESTS),
-        f"pytest_add_cli_args=\n    -p\n    no:cacheprovider\n    -k\n    not ({deselect})",
+        "[mutmut]", listing("source_paths", (f"{m.replace('.', '/')}.py" for m in SCOPE)),
+        listing("also_copy", COPY + ["conftest.py"]),
+        listing("pytest_add_cli_args_test_selection", TESTS),
+        listing("pytest_add_cli_args", PYTEST_ARGS),
         "process_isolation=forkserver", "forkserver_warmup=collect", "max_stack_depth=-1", ""])
 
 
-def export(commit, work):
-    """The project's files as `commit` has them, in a fresh folder `work`, with commit.txt naming
-    the commit (and marking the folder as this program's, which check_work lets it empty)."""
+def export(commit, work, for_mutmut=False):
+    """The project at `commit` in a fresh folder `work`, with commit.txt naming the commit (which
+    marks the folder as one check_work lets this program empty); for mutmut, with the decorators
+    unrolled, the conftest.py and mutmut's config."""
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
-    tree = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
+    tree = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True,
+                          check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(tree)) as tar:
         tar.extractall(work, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     program.write_text(os.path.join(work, "commit.txt"), commit)
+    if for_mutmut:
+        for module in SCOPE:
+            path = os.path.join(work, module.replace(".", "/") + ".py")
+            program.write_text(path, undecorate(Path(path).read_text()))
+        for name, text in (("conftest.py", CONFTEST), ("setup.cfg", setup_cfg())):
+            program.write_text(os.path.join(work, name), text)
 
 
-def prepare(work, commit):
-    """The project at `commit` in `work`, with the decorators unrolled and mutmut's config."""
-    export(commit, work)
-    for module in SCOPE:
-        path = os.path.join(work, module.replace(".", "/") + ".py")
-        program.write_text(path, undecorate(Path(path).read_text()))
-    for name, text in (("conftest.py", CONFTEST), ("setup.cfg", setup_cfg())):
-        program.write_text(os.path.join(work, name), text)
-
-
-# mutmut changes only the bodies of functions; these changes to lines outside them (the network,
-# the optimiser, the evaluation's constants) are planted by hand, one at a time, in a plain copy,
-# and the same tests run on each: (file, the text, what it becomes).
+# mutmut changes only the bodies of functions; these changes outside them (the network, the
+# optimiser, the evaluation's constants) are planted by hand, one at a time, in a plain copy, and
+# the same tests run on each: (file, the text, what it becomes).
+NET, ADAM = "Dense(40), Relu, Dense(40), Relu, Dense(1)", "optimizers.adam(step_size=1e-3)"
 PLANTED = [
-    ("maml.py", "Dense(40), Relu, Dense(40), Relu, Dense(1)", "Dense(40), Relu, Dense(40), Dense(1)"),
-    ("maml.py", "Dense(40), Relu, Dense(40), Relu, Dense(1)", "Dense(40), Relu, Dense(41), Relu, Dense(1)"),
-    ("maml.py", "optimizers.adam(step_size=1e-3)", "optimizers.adam(step_size=1e-4)"),
-    ("maml.py", "optimizers.adam(step_size=1e-3)", "optimizers.adam(step_size=1e-3, b1=0.8)"),
-    ("maml.py", "optimizers.adam(step_size=1e-3)", "optimizers.momentum(step_size=1e-3, mass=0.9)"),
+    ("maml.py", NET, "Dense(40), Relu, Dense(40), Dense(1)"),
+    ("maml.py", NET, "Dense(40), Relu, Dense(41), Relu, Dense(1)"),
+    ("maml.py", ADAM, "optimizers.adam(step_size=1e-4)"),
+    ("maml.py", ADAM, "optimizers.adam(step_size=1e-3, b1=0.8)"),
+    ("maml.py", ADAM, "optimizers.momentum(step_size=1e-3, mass=0.9)"),
     ("experiment.py", "EVAL_STEPS = (0, 1, 5, 10)", "EVAL_STEPS = (0, 1, 5, 9)"),
     ("experiment.py", "EVAL_KS = (5, 10)", "EVAL_KS = (5, 20)"),
     ("experiment.py", "alpha=0.01, tasks=25", "alpha=0.02, tasks=25"),
@@ -145,50 +140,30 @@ def plant(work, path, old, new):
     assert source.count(old) == 1, (path, old)
     program.write_text(target, source.replace(old, new))
     try:
-        done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                               "-k", f"not ({' or '.join(LEFT_OUT)})", *TESTS], cwd=work,
-                              capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", *PYTEST_ARGS, *TESTS],
+                              cwd=work, capture_output=True, text=True)
     finally:
         program.write_text(target, source)
     return {0: "survived", 1: "killed"}.get(done.returncode, f"exit code {done.returncode}")
 
 
-def plant_all(work, commit):
-    """Each change of PLANTED, in a plain copy of the project at `commit`."""
-    export(commit, work)
-    return [dict(file=path, line=old, planted=new, outcome=plant(work, path, old, new))
-            for path, old, new in PLANTED]
-
-
-def run_mutmut(mutmut, work):
-    """mutmut over every function in SCOPE (by mutmut's names for their mutants), each mutant in
-    its own process, two at a time."""
-    names = [f"{m}.x_{f}__mutmut_*" for m, functions in SCOPE.items() for f in functions]
-    subprocess.run([mutmut, "run", "--max-children", "2", *names], cwd=work, check=True)
-
-
 def meta_files(work):
-    """mutmut's records of a run in the copy, one per source file (machinery/ in a folder)."""
+    """mutmut's records of a run in the copy, one per source file."""
     return sorted(glob.glob(os.path.join(work, "mutants", "**", "*.py.meta"), recursive=True))
 
 
 def outcomes(work):
-    """Every mutant of SCOPE and what became of it, from mutmut's records in the copy."""
-    got = {}
+    """Every mutant of SCOPE and what became of it, from mutmut's records in the copy: by module
+    and function in SCOPE's order, then by the mutant's number."""
+    got = []
     for meta in meta_files(work):
         for name, code in json.loads(Path(meta).read_text())["exit_code_by_key"].items():
             module, _, rest = name.partition(".x_")
-            if rest.split("__mutmut_")[0] in SCOPE.get(module, ()):
-                got[name] = STATUS.get(code, f"exit code {code}")
-    return dict(sorted(got.items(), key=lambda kv: mutant_order(kv[0])))
-
-
-def mutant_order(name):
-    """maml's mutants first, then the experiment's and the report's, each function in SCOPE's order
-    and its mutants by number."""
-    module, _, rest = name.partition(".x_")
-    function, _, number = rest.partition("__mutmut_")
-    return list(SCOPE).index(module), SCOPE[module].index(function), int(number)
+            function, _, number = rest.partition("__mutmut_")
+            if function in SCOPE.get(module, ()):
+                order = list(SCOPE).index(module), SCOPE[module].index(function), int(number)
+                got.append((order, name, STATUS.get(code, f"exit code {code}")))
+    return {name: status for _, name, status in sorted(got)}
 
 
 def output(command, work):
@@ -196,19 +171,12 @@ def output(command, work):
     return subprocess.run(command, cwd=work, capture_output=True, text=True, check=True).stdout
 
 
-def change(mutmut, work, name):
-    """The lines a mutant changes, as mutmut shows them: removed with '-', added with '+'."""
-    shown = output([mutmut, "show", name], work)
-    return [ln for ln in shown.splitlines() if ln[:1] in "-+" and ln[:3] not in ("---", "+++")]
-
-
-# Mutants that no test can kill, because the program they make computes the same numbers; each
-# with the reason, written after reading every survivor of the last run. The names are that run's
-# (its commit had report.py at the top, so its mutants are report.x_...; now machinery.report).
+# Mutants no test can kill, because they compute the same numbers: each with the reason, written
+# after reading every survivor of the last run (whose report.py was at the top: report.x_...).
 AS_FLOAT32 = ("The candidate step sizes go to run_curves as float64 instead of float32; JAX, in "
               "its default 32-bit mode (the experiment's), makes them float32 as they enter.")
-MAML_AS_FLOAT64 = ("MAML's step size kept as float64 instead of float32: JAX makes it float32 as it "
-                   "enters run_curves, so the curves are the same; results.json records 0.001 "
+MAML_AS_FLOAT64 = ("MAML's step size kept as float64 instead of float32: JAX makes it float32 as "
+                   "it enters run_curves, so the curves are the same; results.json records 0.001 "
                    "where it recorded float32's 0.0010000000475, the same float32 number.")
 EQUIVALENT = {
     "experiment.x_tune_step_size__mutmut_14": AS_FLOAT32,
@@ -219,24 +187,27 @@ EQUIVALENT = {
 }
 
 
-def label_record(args, work):
-    """One run of the tool: the tests' commit, how it was run, and every mutant's outcome."""
-    commit = Path(work, "commit.txt").read_text().strip()
-    return {"commit": commit, "when": program.now(), "load": program.load(),
-            "environment": program.environment(
-                mutmut=output([args.mutmut, "--version"], work).split()[-1]),
-            "outcomes": outcomes(work), "planted": plant_all(work + "-planted", commit)}
-
-
 def results(args, old):
-    """The JSON: the command, each label's run, and the change of every mutant that was not killed."""
-    runs = dict(old.get("runs", {}), **{args.label: label_record(args, args.work)})
+    """The JSON: the command, each label's run (the tests' commit, every mutant's outcome, the
+    changes planted by hand), and the change of every mutant that was not killed."""
+    commit = Path(args.work, "commit.txt").read_text().strip()
+    planted = args.work + "-planted"
+    export(commit, planted)
+    run = {"commit": commit, "when": program.now(), "load": program.load(),
+           "environment": program.environment(
+               mutmut=output([args.mutmut, "--version"], args.work).split()[-1]),
+           "outcomes": outcomes(args.work),
+           "planted": [dict(file=f, line=line, planted=new, outcome=plant(planted, f, line, new))
+                       for f, line, new in PLANTED]}
     changes = dict(old.get("changes", {}))
-    for name, status in runs[args.label]["outcomes"].items():
-        if status != "killed" and name not in changes:
-            changes[name] = change(args.mutmut, args.work, name)
-    return {"command": program.command("studies.mutation", args.argv, hide={"--mutmut": "<mutmut>"}),
-            "scope": SCOPE, "tests": TESTS, "left_out": LEFT_OUT, "runs": runs,
+    for name, status in run["outcomes"].items():
+        if status != "killed" and name not in changes:  # its lines removed (-) and added (+)
+            shown = output([args.mutmut, "show", name], args.work).splitlines()
+            changes[name] = [ln for ln in shown
+                             if ln[:1] in "-+" and ln[:3] not in ("---", "+++")]
+    hide = {"--mutmut": "<mutmut>"}
+    return {"command": program.command("studies.mutation", args.argv, hide), "scope": SCOPE,
+            "tests": TESTS, "left_out": LEFT_OUT, "runs": {**old.get("runs", {}), args.label: run},
             "changes": changes, "equivalent": EQUIVALENT}
 
 
@@ -261,7 +232,7 @@ def score_table(data):
 
 
 def function_table(data):
-    """One row per function of the data's scope: its mutants, and how many each run did not kill."""
+    """One row per function of the scope: its mutants, and how many each run did not kill."""
     labels, rows = list(data["runs"]), []
     for module, names in data["scope"].items():
         for f in names:
@@ -272,33 +243,22 @@ def function_table(data):
                          "lr" + "r" * len(labels))
 
 
-def planted_table(data):
-    """One row per change planted by hand, with its outcome in each run."""
-    labels = list(data["runs"])
-    rows = [[f"`{p['file']}`", f"`{p['line']}`", f"`{p['planted']}`",
-             *(data["runs"][lb]["planted"][i]["outcome"] for lb in labels)]
-            for i, p in enumerate(list(data["runs"].values())[-1]["planted"])]
-    return program.table(["file", "line", "planted", *labels], rows)
-
-
-def survivor_lines(data):
-    """Every mutant the last run did not kill: its change and why no test can kill it."""
-    last = list(data["runs"].values())[-1]["outcomes"]
-    lines = [f"- `{name}` ({status}): "
-             + " → ".join(f"`{ln[0]} {ln[1:].strip()}`" for ln in data["changes"][name])
-             + ". " + data["equivalent"].get(name, "**Not explained.**")
-             for name, status in last.items() if status != "killed"]
-    return lines or ["- none"]
-
-
 def render(data):
     """The Testing page's tables: each run's score, by function, the changes planted by hand, and
-    every mutant the last run did not kill."""
+    every mutant the last run did not kill, with its change and why no test can kill it."""
+    labels, last = list(data["runs"]), list(data["runs"].values())[-1]
+    planted = [[f"`{p['file']}`", f"`{p['line']}`", f"`{p['planted']}`",
+                *(data["runs"][lb]["planted"][i]["outcome"] for lb in labels)]
+               for i, p in enumerate(last["planted"])]
+    survivors = [f"- `{name}` ({status}): "
+                 + " → ".join(f"`{ln[0]} {ln[1:].strip()}`" for ln in data["changes"][name])
+                 + ". " + data["equivalent"].get(name, "**Not explained.**")
+                 for name, status in last["outcomes"].items() if status != "killed"]
     return "\n".join([
         f"Command: `{data['command']}`", "", score_table(data), function_table(data),
         "Changes outside functions, which mutmut leaves alone, planted by hand:", "",
-        planted_table(data), f"Not killed by the tests of the {list(data['runs'])[-1]} run:", "",
-        *survivor_lines(data)]) + "\n"
+        program.table(["file", "line", "planted", *labels], planted),
+        f"Not killed by the tests of the {labels[-1]} run:", "", *(survivors or ["- none"])]) + "\n"
 
 
 def parse_args(argv=None):
@@ -328,8 +288,10 @@ def check_work(ap, folder):
     path, root = os.path.realpath(folder), os.path.realpath(ROOT)
     if os.path.commonpath([path, root]) in (path, root):
         ap.error(f"--work: {folder} is in or above the repository; give a folder outside it")
-    if os.path.isdir(path) and os.listdir(path) and not os.path.exists(os.path.join(path, "commit.txt")):
-        ap.error(f"--work: {folder} holds files this program did not write; give a new or empty folder")
+    if (os.path.isdir(path) and os.listdir(path)
+            and not os.path.exists(os.path.join(path, "commit.txt"))):
+        ap.error(f"--work: {folder} holds files this program did not write; give a new or empty "
+                 "folder")
 
 
 def main(argv=None):
@@ -340,9 +302,11 @@ def main(argv=None):
         print(program.write(args.out, "mutation", dict(old, equivalent=EQUIVALENT), render), end="")
         return
     if not args.summarise_only:
-        commit = output(["git", "rev-parse", args.commit], ROOT).strip()
-        prepare(args.work, commit)
-        run_mutmut(args.mutmut, args.work)
+        export(output(["git", "rev-parse", args.commit], ROOT).strip(), args.work, for_mutmut=True)
+        names = [f"{m}.x_{f}__mutmut_*" for m, functions in SCOPE.items() for f in functions]
+        # each mutant in its own process, two at a time
+        subprocess.run([args.mutmut, "run", "--max-children", "2", *names], cwd=args.work,
+                       check=True)
     print(program.write(args.out, "mutation", results(args, old), render), end="")
 
 

@@ -1,17 +1,16 @@
 """Why some runs end far from the paper: the plateau where MAML's training starts, measured.
 
 Every run's training loss starts on a plateau and, at some step, falls below half its start (it
-"leaves the plateau"; report.training_numbers). This program reads that step for every run of the
-committed twenty-run results (figures/code, figures/paper), beside the run's K = 5 MSE, and then
-  1. trains the slow runs again, MAML alone, for twice the steps: the first 70,000 on exactly the
-     task stream experiment.py gave them, 70,000 more on a second stream of the same key; their
-     K = 5 MSE at 70,000 and at 140,000 steps says whether they catch up;
+"leaves the plateau"; report.training_numbers). This reads that step for every run of the
+committed twenty-run results (figures/code, figures/paper), beside its K = 5 MSE, and then
+  1. trains the slow runs again, MAML alone, for twice the steps (70,000 on exactly the task
+     stream experiment.py gave them, 70,000 on a second stream of the same key): do they catch up?
   2. fills the 2 x 2 of initialisation (stax's, the released code's) by inner step size (0.01,
-     0.001): the two cells the setups do not cover are trained here, MAML alone, 10 runs each.
+     0.001), training the two cells the setups do not cover, MAML alone, 10 runs each.
 Writes plateau.json, and plateau.md rendered from it, into --out (figures).
 
     python -m studies.plateau          # about 40 minutes on two CPU cores
-    python -m studies.plateau --quick --out /tmp/p  # a few hundred steps on a few tasks: a smoke run
+    python -m studies.plateau --quick --out /tmp/p  # 300 steps on 50 tasks: a smoke run
 """
 import os
 
@@ -22,6 +21,8 @@ from jax.tree_util import tree_map
 import experiment
 import maml
 from machinery import program, report
+from studies.curvature import figures_parser
+from studies.variants import held_out_tasks
 
 SLOW = 5_000  # a run is slow if its training loss leaves the plateau after this step, or never
 GRID = {("stax", 0.01): "paper", ("code", 0.001): "code",  # covered by the twenty-run results
@@ -44,9 +45,8 @@ def is_slow(leaves):
 
 def k5_means(params, setup, test_seed, n_tasks):
     """Each run's mean K = 5 MSE after 1, 5 and 10 steps, on the held-out tasks experiment.py
-    evaluates a run of seed test_seed on (its test key), adapting with the setup's alpha."""
-    test = experiment.eval_tasks(experiment.run_keys(test_seed, 1)[4, 0], n_tasks,
-                                 max(experiment.EVAL_KS), setup["amp_range"])
+    evaluates a run of seed test_seed on, adapting with the setup's alpha."""
+    test = held_out_tasks(test_seed, n_tasks, setup["amp_range"])
     runs = len(params[0][0])
     mse = experiment.run_curves(params, test, 5, np.full(runs, setup["alpha"], np.float32))
     return [{n: report.run_numbers(m)["mean"][n] for n in (1, 5, 10)} for m in mse]
@@ -64,17 +64,14 @@ def train_maml(setup, seeds, blocks, test_seed=0, n_tasks=600):
     state, losses, after = vmap(maml.opt_init)(params), [], []
     for b in range(blocks):
         stream = keys[1] if b == 0 else np.asarray(vmap(random.fold_in, (0, None))(keys[1], b))
-        state, block, _ = experiment.train(compiled, None, stream, setup, f"block {b + 1}",
-                                           log=quiet, resume=(state, b * setup["steps"]))
+        state, block, _ = experiment.train(  # no progress lines: the print below says enough
+            compiled, None, stream, setup, f"block {b + 1}", log=lambda line: None,
+            resume=(state, b * setup["steps"]))
         losses.append(block)
         after.append(k5_means(maml.get_params(state), setup, test_seed, n_tasks))
         print(f"  block {b + 1}/{blocks} of seeds {seeds}: K = 5 after 10 steps "
               + ", ".join(f"{m[10]:.3f}" for m in after[-1]), flush=True)
     return after, report.training_numbers(np.concatenate(losses))
-
-
-def quiet(line):
-    """experiment.train's progress lines, left out: a line per block says how the runs did."""
 
 
 def catch_up(name, runs, setup, args):
@@ -138,10 +135,12 @@ def catch_up_table(data):
     rows = []
     for name, c in data["catch_up"].items():
         first = {r["seed"]: r for r in data["committed"][name]}
-        rows += [[f"`{name}`", seed, f"{steps_text(first[seed]['maml_leaves'])}; "
-                  f"{steps_text(c['leaves_plateau'][i])}",
-                  f"{report.number(first[seed]['k5']['10'])}; {report.number(c['at_70k'][i]['10'])}",
-                  report.number(c["at_140k"][i]["10"])] for i, seed in enumerate(c["seeds"])]
+        rows += [[f"`{name}`", seed,
+                  f"{steps_text(first[seed]['maml_leaves'])}; {steps_text(leaves)}",
+                  f"{report.number(first[seed]['k5']['10'])}; {report.number(at_70k['10'])}",
+                  report.number(at_140k["10"])]
+                 for seed, leaves, at_70k, at_140k in zip(c["seeds"], c["leaves_plateau"],
+                                                          c["at_70k"], c["at_140k"])]
     return program.table(
         ["setting", "seed", "leaves the plateau at step (twenty-run result; again)",
          "K = 5, 10 steps, after 70,000 steps (twenty-run result; again)",
@@ -176,11 +175,8 @@ def render(data):
 
 
 def parse_args(argv=None):
-    ap = program.parser("python -m studies.plateau", __doc__.splitlines()[0], out="figures",
-                        what="plateau.json and plateau.md")
+    ap = figures_parser("plateau", __doc__.splitlines()[0], "plateau.json and plateau.md")
     ap.add_argument("--quick", action="store_true", help="300 steps, 2 runs a cell, 50 tasks")
-    ap.add_argument("--figures", default=os.path.join(program.ROOT, "figures"), metavar="DIR",
-                    help="where the committed twenty-run results are (figures)")
     args = program.parse(ap, argv)
     args.steps, args.grid_runs, args.eval_tasks = (300, 2, 50) if args.quick else (None, 10, 600)
     return args

@@ -2,8 +2,8 @@
 
 Each variant is a task loss built on maml.py's functions; `make_step` turns it into a training step
 with the signature of maml.step, so experiment.py's own loop trains it: the paper's settings, the
-same initial parameters and task stream for every variant, several runs at once, and the same 600
-held-out tasks. Writes the table the Variations page shows.
+same initial parameters, task stream and 600 held-out tasks for every variant, several runs at
+once. Writes the table the Variations page shows.
 
     python -m studies.variants               # 5 runs of each, 70,000 steps: figures/variants.*
     python -m studies.variants --seeds 2 --steps 300 --eval-tasks 50 --out /tmp/v  # quick
@@ -76,8 +76,7 @@ def meta_sgd_loss(meta_params, x1, y1, x2, y2, alpha=None):
 def make_step(task_loss):
     """maml.step for another task loss: its mean over the meta-batch, its gradient,
     Adam."""
-    # The tasks share the parameters.
-    batch = vmap(task_loss, in_axes=(None, 0, 0, 0, 0, None))
+    batch = vmap(task_loss, in_axes=(None, 0, 0, 0, 0, None))  # tasks share the params
 
     @jit
     def step(i, opt_state, x1, y1, x2, y2, alpha=0.01):
@@ -108,23 +107,33 @@ VARIANTS = {
 # -8<- [end:make_step]
 
 
-def run_variant(name, setup, seeds, seed, test):
-    """Train one variant for `seeds` runs at once; its held-out curves for each K, and its time."""
-    step_fn, start, update = VARIANTS[name]
-    keys = experiment.run_keys(seed, seeds)  # experiment.py's keys: the same init and tasks
-    theta = vmap(experiment.INITS[setup["init"]])(keys[0])
-    params = start(theta, setup["alpha"])
-    one = tree_map(lambda a: a[0], params)
-    compiled = experiment.compile_training(step_fn, one, setup, seeds)
-    trained, _, per_step = experiment.train(compiled, params, keys[1], setup, name,
-                                            log=lambda line: None)
-    curves = {}
-    for k in experiment.EVAL_KS:
-        if name == "Meta-SGD":  # adapt theta with the learned step sizes
-            curves[k] = experiment.run_curves(trained[0], test, k, trained[1], update=update)
+def held_out_tasks(seed, n_tasks, amp_range):
+    """The held-out tasks experiment.py evaluates a run of `seed` on (drawn from its test key)."""
+    return experiment.eval_tasks(experiment.run_keys(seed, 1)[4, 0], n_tasks,
+                                 max(experiment.EVAL_KS), amp_range)
+
+
+def train_all(models, setup, seeds, seed, eval_tasks):
+    """Each of `models` (name: step, start, update, as in VARIANTS) trained for `seeds` runs at
+    once by experiment.py's loop from its keys of seed, seed + 1, ... (the same init and tasks for
+    every model), and evaluated on its held-out tasks: by name, the curves for each K and the
+    seconds per meta-step."""
+    test = held_out_tasks(seed, eval_tasks, setup["amp_range"])
+    keys = experiment.run_keys(seed, seeds)
+    curves, per_step, t0 = {}, {}, time.perf_counter()
+    for name, (step_fn, start, update) in models.items():
+        params = start(vmap(experiment.INITS[setup["init"]])(keys[0]), setup["alpha"])
+        compiled = experiment.compile_training(step_fn, tree_map(lambda a: a[0], params), setup,
+                                               seeds)
+        trained, _, per_step[name] = experiment.train(compiled, params, keys[1], setup, name,
+                                                      log=lambda line: None)
+        if start is with_alphas:  # adapt theta with the learned step sizes
+            trained, alphas = trained
         else:
-            curves[k] = experiment.run_curves(trained, test, k,
-                                              np.full(seeds, setup["alpha"], np.float32))
+            alphas = np.full(seeds, setup["alpha"], np.float32)
+        curves[name] = {k: experiment.run_curves(trained, test, k, alphas, update=update)
+                        for k in experiment.EVAL_KS}
+        print(f"{name}: trained and evaluated, {time.perf_counter() - t0:.0f} s so far", flush=True)
     return curves, per_step
 
 
@@ -134,11 +143,9 @@ def variant_cells(name, curves):
     every run's numbers (report.run_numbers: a task whose adaptation overflowed at any
     step is left out of every column, and counted) and the numbers over runs
     (report.over_runs)."""
-    cells = []
-    for k, mse in curves.items():
-        runs = [report.run_numbers(m) for m in mse]
-        cells.append(dict(model=name, k=k, runs=runs, over_runs=report.over_runs(runs)))
-    return cells
+    runs = {k: [report.run_numbers(m) for m in mse] for k, mse in curves.items()}
+    return [dict(model=name, k=k, runs=r, over_runs=report.over_runs(r))
+            for k, r in runs.items()]
 # -8<- [end:cells]
 
 
@@ -181,19 +188,6 @@ def parse_args(argv=None):
     return program.parse(ap, argv)
 
 
-def train_all(args, setup):
-    """Every variant of --only trained for --seeds runs: its held-out curves for each K, and its
-    seconds per meta-step of all runs."""
-    test_key = experiment.run_keys(args.seed, 1)[4, 0]  # experiment.py's held-out tasks
-    test = experiment.eval_tasks(test_key, args.eval_tasks, max(experiment.EVAL_KS),
-                                 setup["amp_range"])
-    curves, per_step, t0 = {}, {}, time.perf_counter()
-    for name in args.only:
-        curves[name], per_step[name] = run_variant(name, setup, args.seeds, args.seed, test)
-        print(f"{name}: trained and evaluated, {time.perf_counter() - t0:.0f} s so far", flush=True)
-    return curves, per_step
-
-
 def results(args, setup, curves, per_step):
     """The variants' results as data: what made them, and one cell per variant and K."""
     return report.plain(dict(
@@ -208,7 +202,9 @@ def results(args, setup, curves, per_step):
 def main(argv=None):
     args = parse_args(argv)
     setup = dict(experiment.SETUPS["paper"], steps=args.steps)
-    data = results(args, setup, *train_all(args, setup))
+    curves = train_all({name: VARIANTS[name] for name in args.only}, setup, args.seeds, args.seed,
+                       args.eval_tasks)
+    data = results(args, setup, *curves)
     print(program.write(args.out, "variants", data, render), end="")
 
 
