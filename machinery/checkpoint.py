@@ -15,7 +15,7 @@ import time
 import zipfile
 
 import numpy as np
-from jax.tree_util import tree_flatten, tree_unflatten
+from jax.tree_util import tree_leaves, tree_unflatten
 
 from machinery.program import command, write_whole
 
@@ -32,9 +32,8 @@ def save(folder, fingerprint, progress):
     steps and their losses. A crash at any instant leaves the last one or this one."""
     arrays, models = {}, {}
     for name, (opt_state, done, losses) in progress.items():
-        leaves, _ = tree_flatten(opt_state)
-        arrays.update({f"{name}/{i}": np.asarray(leaf)
-                       for i, leaf in enumerate(leaves)})
+        leaves = tree_leaves(opt_state)
+        arrays |= {f"{name}/{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
         arrays[f"{name}/losses"] = np.asarray(losses, np.float32)
         models[name] = dict(done=int(done), leaves=len(leaves))
     meta = dict(fingerprint=fingerprint, models=models, checksum=checksum(arrays))
@@ -64,10 +63,9 @@ def fingerprint(args, setup, code):
 
 
 def saver(args, mark, saved, name, stopper, steps):
-    """train's at_chunk for model `name`: save both models, then stop if Ctrl-C or
-    SIGTERM asked. A save (its fsync: tens of ms) may outlast a small run's chunk, so
-    it is skipped under --checkpoint-every seconds after the last, unless stopping or
-    done."""
+    """train's at_chunk for model `name`: save both models, then stop if asked. A save
+    (its fsync: tens of ms) may outlast a small run's chunk: none under
+    --checkpoint-every seconds after the last, unless stopping or done."""
     last = [time.monotonic()]
 
     def at_chunk(opt_state, done, losses):
@@ -119,8 +117,8 @@ def load(folder, fingerprint, structures):
         key = next(k for k in sorted({*saved, *fingerprint})
                    if saved.get(k) != fingerprint.get(k))
         raise Refused(f"{path} was made by another run: its {key} is "
-                      f"{saved.get(key)!r}, this run's {fingerprint.get(key)!r}; resume "
-                      "it with its own command, or choose another --out")
+                      f"{saved.get(key)!r}, this run's {fingerprint.get(key)!r}; "
+                      "resume it with its own command, or choose another --out")
     progress = {}
     for name, m in meta["models"].items():
         leaves = [arrays[f"{name}/{i}"] for i in range(m["leaves"])]
@@ -154,8 +152,7 @@ def open_run(error, folder, fingerprint, structures, resume):
 
 
 def begin(error, folder):
-    """Make the folder and hold it, just before training (an earlier refusal leaves no
-    folder)."""
+    """Make the folder and hold it, just before training (a refusal leaves none)."""
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
@@ -206,8 +203,7 @@ class Stopper:
     """The first Ctrl-C or SIGTERM asks to stop at the next chunk boundary (after its
     checkpoint); a second stops at once, leaving the previous checkpoint."""
 
-    def __init__(self):
-        self.signal = None
+    signal = None  # the signal that asked, once one has
 
     def __enter__(self):
         self.before = {s: signal.signal(s, self.ask) for s in STOP_CODES}

@@ -10,11 +10,6 @@ from machinery import program
 from machinery.program import checked
 
 
-def defaults(setups, name):
-    """A flag's values in the setups, for its help: (paper 70,000, code 70,000, ...)."""
-    return "(" + ", ".join(f"{s} {setups[s][name]:,}" for s in setups) + ")"
-
-
 def add_flags(ap, setups, default):
     """experiment.py's flags on `ap`, each with its check and default (a setup's value
     where the setup sets it)."""
@@ -27,8 +22,9 @@ def add_flags(ap, setups, default):
             ("tasks", count, "N", "tasks per meta-batch"),
             ("k", count, "K", "support and query points per task"),
             ("alpha", positive, "A", "inner step size")):
+        values = ", ".join(f"{s} {setups[s][flag]:,}" for s in setups)  # paper 25, ...
         ap.add_argument(f"--{flag}", type=kind, metavar=metavar,
-                        help=f"{what} {defaults(setups, flag)}")
+                        help=f"{what} ({values})")
     seed = checked(int, lambda v: 0 <= v < 2**32, "a whole number in [0, 2**32)")
     ap.add_argument("--seed", default=0, metavar="S", type=seed,
                     help="seed of run 0; run r uses seed S + r (0)")

@@ -1,7 +1,6 @@
-"""What every program shares, each job done once: the command line (one-line errors),
---out, writing a result (the JSON, then the text rendered from it), and what a result
-records: its command (path-free), the environment, the time and the load average.
-Standard library only.
+"""What every program shares, done once: the command line (one-line errors), --out,
+writing a result (the JSON, then the text rendered from it), and what a result records:
+its command (path-free), the environment, the time and load. Standard library only.
 """
 import argparse
 import contextlib
@@ -40,8 +39,7 @@ def one_line_error(ap):
 
 
 def parser(prog, description, out=None, what="its results"):
-    """A program's ArgumentParser: one-line errors, no abbreviated flags, and --out DIR
-    when `out` (its default) is given."""
+    """A program's ArgumentParser: one-line errors, no abbreviations, --out if `out`."""
     ap = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
     ap.error = one_line_error(ap)
     if out is not None:
@@ -51,8 +49,7 @@ def parser(prog, description, out=None, what="its results"):
 
 
 def parse(ap, argv=None):
-    """The flags, with args.argv (the words, for the recorded command); one line (exit
-    2) if --out could not be written."""
+    """The flags, with args.argv (for the recorded command); --out checked writable."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
     args.argv = argv
