@@ -1,5 +1,4 @@
-"""The MAML paper's sinusoid regression (section 5.1) on maml.py: trains MAML and a
-pretrained baseline, evaluates both on held-out tasks beside the paper's table."""
+"""The MAML paper's sinusoid regression (section 5.1): MAML against its baseline."""
 import math
 import sys
 import time
@@ -37,12 +36,10 @@ DEFAULT = "code"  # in twenty runs, the released code's settings give the paper'
 
 # -8<- [start:inits]
 def code_init(key):
-    """The released code's construct_fc_weights: weights from a normal of std 0.01 cut
-    at two of them, zero biases; in net_init's layout: (W, b) per Dense, () per Relu."""
+    """The released code's construct_fc_weights, in net_init's layout (() per Relu)."""
     shapes = [(1, 40), (40, 40), (40, 1)]
-    keys = random.split(key, len(shapes))
-    w = [0.01 * random.truncated_normal(k, -2.0, 2.0, s) for k, s in zip(keys, shapes)]
-    dense = [(wi, jnp.zeros(s[1])) for wi, s in zip(w, shapes)]
+    dense = [(0.01 * random.truncated_normal(k, -2.0, 2.0, s), jnp.zeros(s[1]))
+             for k, s in zip(random.split(key, len(shapes)), shapes)]
     return [dense[0], (), dense[1], (), dense[2]]
 
 
@@ -73,13 +70,10 @@ def pretrain_step(i, opt_state, x1, y1, x2, y2, alpha=None):
 # -8<- [start:train_chunk]
 @partial(jit, static_argnames=("step_fn", "n_tasks", "k"))
 def train_chunk(opt_state, keys, steps, amp_range, alpha, *, step_fn, n_tasks, k):
-    """step_fn for each step in `steps`, all runs (a run axis leads every opt_state
-    leaf), in a lax.scan: state and losses (len(steps), runs); run r, step i:
-    sample_tasks(keys[i, r]). On a CPU a call per step costs more than its maths."""
+    """step_fn for each step in `steps` and each run (opt_state's leading axis) in one
+    lax.scan: state, losses (len(steps), runs). A call per step costs more than it."""
     one = keys.shape[1] == 1  # one run: no run axis, 10% faster on a CPU
-
-    def sample(key):
-        return sample_tasks(key, n_tasks, k, amp_range)
+    sample = partial(sample_tasks, n_tasks=n_tasks, k=k, amp_range=amp_range)
     batches = vmap(sample)(keys[:, 0]) if one else vmap(vmap(sample))(keys)
     run_step = step_fn if one else vmap(step_fn, in_axes=(None, 0, 0, 0, 0, 0, None))
 
@@ -108,10 +102,8 @@ def step_keys(keys, n_steps):
 
 
 def compile_training(step_fn, params, setup, runs):
-    """train_chunk compiled for every chunk length and `runs` runs of params, up front:
-    their memory (XLA's count) is known, and `train` times training only."""
-    state = jax.eval_shape(vmap(opt_init), tree_map(
-        lambda a: jax.ShapeDtypeStruct((runs, *a.shape), a.dtype), params))
+    """train_chunk compiled from shapes for each chunk length and `runs` runs."""
+    state = jax.eval_shape(vmap(opt_init, None, axis_size=runs), params)
     static = dict(step_fn=step_fn, n_tasks=setup["tasks"], k=setup["k"])
     return {n: train_chunk.lower(state, jax.ShapeDtypeStruct((n, runs, 2), jnp.uint32),
                                  jax.ShapeDtypeStruct((n,), jnp.int32),
@@ -122,16 +114,15 @@ def compile_training(step_fn, params, setup, runs):
 
 # -8<- [start:train]
 def train(compiled, params, keys, setup, name, log=print, resume=None, at_chunk=None):
-    """Train params (run axis first on every leaf) for setup["steps"] steps, run r on
-    keys[r]'s tasks, with progress: trained params, every loss (steps, runs), steady
-    seconds per step; exit 1 on a non-finite loss. resume=(opt_state, offset, losses)
-    goes on after len(losses) steps, numbered from offset (studies.plateau), and returns
-    the state. at_chunk(opt_state, done, losses) per chunk: the checkpoint."""
+    """Train params (run axis first) on keys[r]'s tasks: params, losses (steps, runs),
+    seconds per step. resume=(opt_state, offset[, losses]) goes on after the losses'
+    steps, numbered from offset, and returns the state; at_chunk(opt_state, done,
+    losses) after each chunk (the checkpoint)."""
     n_steps, spans = setup["steps"], chunks(setup["steps"])
     all_keys = step_keys(keys, n_steps)  # run r, step i: all_keys[i, r]
-    opt_state, offset, losses = resume or (vmap(opt_init)(params), 0, [])
-    losses = [np.asarray(losses)] if len(losses) else []
-    done = first = len(losses[0]) if losses else 0
+    opt_state, offset, *before = resume or (vmap(opt_init)(params), 0)
+    losses = [np.asarray(b) for b in before if len(b)]
+    done = first = sum(map(len, losses))
     t0 = t_steady = time.perf_counter()
     for c, (a, b) in enumerate((a, b) for a, b in spans if b > done):
         if c == 1:  # the first chunk warms up the runtime: time what follows
@@ -139,7 +130,12 @@ def train(compiled, params, keys, setup, name, log=print, resume=None, at_chunk=
         opt_state, chunk_losses = compiled[b - a](opt_state, all_keys[a:b], np.arange(
             offset + a, offset + b, dtype=np.int32), setup["amp_range"], setup["alpha"])
         losses.append(np.asarray(chunk_losses))  # waits for the chunk: honest progress
-        stop_if_diverged(losses[-1], name, offset + a, len(keys))
+        if not np.isfinite(losses[-1]).all():  # exit 1, in one line
+            bad, run = np.argwhere(~np.isfinite(losses[-1]))[0]
+            which = f"{name} (run {run})" if len(keys) > 1 else name
+            sys.exit(f"experiment.py: {which} diverged at step {offset + a + bad} "
+                     f"(loss is {losses[-1][bad, run]}); nothing was written. Try a "
+                     "smaller --alpha.")
         report.progress(log, name, (done, b, n_steps), losses[-1], t0,
                         (c + 1) % -(-len(spans) // 20) == 0)  # every 1/20 of the run
         if at_chunk is not None:
@@ -148,15 +144,6 @@ def train(compiled, params, keys, setup, name, log=print, resume=None, at_chunk=
     steady = took / (n_steps - first) if first > done else math.nan
     trained = get_params(opt_state) if resume is None else opt_state
     return trained, np.concatenate(losses), steady
-
-
-def stop_if_diverged(losses, name, first_step, runs):
-    """Exit 1, in one line, if a loss of the chunk (steps, runs) is not finite."""
-    if not np.all(np.isfinite(losses)):
-        bad, run = np.argwhere(~np.isfinite(losses))[0]
-        which = f"{name} (run {run})" if runs > 1 else name
-        sys.exit(f"experiment.py: {which} diverged at step {first_step + bad} (loss is "
-                 f"{losses[bad, run]}); nothing was written. Try a smaller --alpha.")
 # -8<- [end:train]
 
 
@@ -170,9 +157,8 @@ def eval_tasks(key, n_tasks, k, amp_range, n_test=100):
 
 def inner_steps(params, x1, y1, alpha, n_steps, update=inner_update, checkpoint=False,
                 track=None):
-    """n_steps of `update` on a support set in one lax.scan (traced once, any n_steps):
-    adapted params, track(params) before each step. Checkpointed, reverse mode keeps
-    only step inputs and recomputes (less memory, a forward pass more)."""
+    """n_steps of `update` in one lax.scan: adapted params, track(params) before each
+    step. Checkpointed, reverse mode keeps step inputs only and recomputes the rest."""
     def body(p, _):
         return update(p, x1, y1, alpha), None if track is None else track(p)
     if checkpoint:  # scan already keeps XLA from merging the recomputation away: no CSE
@@ -183,11 +169,9 @@ def inner_steps(params, x1, y1, alpha, n_steps, update=inner_update, checkpoint=
 @partial(jit, static_argnames=("n_steps", "update"))
 def adaptation_curves(params, x1, y1, x_test, y_test, alpha, n_steps,
                       update=inner_update):
-    """Test MSE of every task after 0, 1, ..., n_steps steps of `update` on its support
-    set: (n_tasks, n_steps + 1). Meta-SGD passes its own `update`."""
+    """Test MSE of each task after 0, 1, ..., n_steps of `update`: (tasks, n + 1)."""
     def one_task(x1, y1, y_test):
-        def test_mse(p):
-            return loss(p, x_test, y_test)
+        test_mse = partial(loss, inputs=x_test, targets=y_test)
         adapted, mses = inner_steps(params, x1, y1, alpha, n_steps, update,
                                     track=test_mse)
         return jnp.append(mses, test_mse(adapted))
@@ -197,8 +181,7 @@ def adaptation_curves(params, x1, y1, x_test, y_test, alpha, n_steps,
 
 # -8<- [start:run_curves]
 def run_curves(params, tasks, k, alphas, n_steps=max(EVAL_STEPS), update=inner_update):
-    """adaptation_curves of every run on the same held-out tasks, run r with step size
-    alphas[r]: an array of shape (runs, n_tasks, n_steps + 1)."""
+    """Each run's adaptation_curves, with step size alphas[r]: (runs, tasks, n + 1)."""
     x1, y1, x_test, y_test = tasks
     curves = vmap(partial(adaptation_curves, n_steps=n_steps, update=update),
                   in_axes=(0, None, None, None, None, 0))
@@ -207,8 +190,7 @@ def run_curves(params, tasks, k, alphas, n_steps=max(EVAL_STEPS), update=inner_u
 
 def tune_step_size(params, tasks, k,
                    candidates=(1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2)):
-    """Each run's fine-tuning step size for the baseline: the candidate of lowest mean
-    validation MSE after 1, 5 and 10 steps (one that diverges is infinitely bad)."""
+    """Each run's step size for the baseline: the candidate of least validation MSE."""
     runs, scores = len(tree_leaves(params)[0]), []
     for a in candidates:
         c = run_curves(params, tasks, k, np.full(runs, a, np.float32))[:, :, [1, 5, 10]]
@@ -220,9 +202,7 @@ def tune_step_size(params, tasks, k,
 
 # -8<- [start:evaluate]
 def evaluate(params, setup, args, keys):
-    """Both models' held-out MSE curves for every K on run 0's validation and test
-    tasks: MAML adapts with alpha, the baseline with a step size tuned on validation.
-    Exit 1 if a run diverges on most tasks: a mean of the rest is garbage."""
+    """Both models' test MSE curves per K; exit 1 if a run diverges on most tasks."""
     val, test = (eval_tasks(key, args.eval_tasks, max(EVAL_KS), setup["amp_range"])
                  for key in keys)
     curves, step_sizes = {}, {}
@@ -247,8 +227,7 @@ def parse_args(argv=None):
 
 
 def run_keys(seed, runs):
-    """Five keys per run, each (runs, 2): initial params, MAML's tasks, the baseline's,
-    validation, test. Run r's are seed + r's: run 0 is the lone run of that seed."""
+    """Keys (5, runs, 2): init, MAML's tasks, the baseline's, validation, test."""
     return np.stack([np.asarray(random.split(random.PRNGKey(seed + r), 5))
                      for r in range(runs)], 1)
 # -8<- [end:parse_args]
@@ -264,8 +243,7 @@ def compile_evaluation(setup, args):
     key, runs = random.PRNGKey(0), args.seeds
     draw = partial(eval_tasks, n_tasks=args.eval_tasks, k=max(EVAL_KS),
                    amp_range=setup["amp_range"])
-    params = tree_map(lambda a: jax.ShapeDtypeStruct((runs, *a.shape), a.dtype),
-                      INITS[setup["init"]](key))
+    params = jax.eval_shape(vmap(INITS[setup["init"]]), random.split(key, runs))
     curves = vmap(partial(adaptation_curves, n_steps=max(EVAL_STEPS)),
                   in_axes=(0, None, None, None, None, 0))
     return [jit(draw).lower(key).compile(), jit(curves).lower(
@@ -276,9 +254,7 @@ def compile_evaluation(setup, args):
 
 # -8<- [start:train_both]
 def train_both(ap, args, setup, init, streams, stopper):
-    """Compile both training loops and the evaluation, stop if memory is short, then
-    train MAML and the baseline, each on its own task stream (streams: keys per run),
-    from --out's checkpoint if --resume finds one, saving one per chunk."""
+    """Compile, check memory, train both models (from a checkpoint on --resume)."""
     t0, mark = time.perf_counter(), checkpoint.fingerprint(args, setup, CODE)
     structure = tree_structure(jax.eval_shape(vmap(opt_init), init))
     saved = checkpoint.open_run(ap.error, args.out, mark, dict(
@@ -301,9 +277,8 @@ def train_both(ap, args, setup, init, streams, stopper):
             compiled[name], None, keys, setup, name, resume=(opt_state, 0, done),
             at_chunk=checkpoint.saver(args, mark, saved, name, stopper, setup["steps"]))
         params[name] = get_params(opt_state)
-    ms = 1e3 * per_step["MAML"]
-    runs = (f" of {args.seeds} runs, {ms / args.seeds:.3f} ms per run-step"
-            * (args.seeds > 1))
+    ms, n = 1e3 * per_step["MAML"], args.seeds
+    runs = f" of {n} runs, {ms / n:.3f} ms per run-step" * (n > 1)
     print("meta-training: " + ("resumed, not timed" if math.isnan(ms) else
           f"{ms:.3f} ms per meta-step{runs} (steady state: compile, first chunk out)"))
     return params, losses, ms
