@@ -64,7 +64,7 @@ def test_ci_has_the_corners_newest_on_the_newest_python_and_oldest_on_the_oldest
     ci = ci_script()
     # newest: requirements.txt as it is; oldest: every package held at its lower bound.
     assert re.search(r"^ +newest\) fresh newest ;;$", ci, re.M), "newest must install with no constraint"
-    assert re.search(r"^ +oldest\) fresh oldest -c \.ci/oldest\.txt ;;$", ci, re.M)
+    assert re.search(r"^ +oldest\) fresh oldest \.ci/oldest\.txt \.ci/oldest-stacks\.txt ;;$", ci, re.M)
 
 
 def test_ci_runs_the_readme_test_command_in_fresh_environments():
@@ -74,7 +74,8 @@ def test_ci_runs_the_readme_test_command_in_fresh_environments():
     ci = ci_script()
     fresh = re.search(r"^fresh\(\) \{.*?^\}$", ci, re.M | re.S)[0]
     assert re.search(r'^ +"\$\(python_of "\$name"\)" -m venv "\$work/\$name"$', fresh, re.M), "a fresh venv per part"
-    assert re.search(rf'^ +{re.escape(install)} "\$@"$', fresh, re.M), f"CI must run `{install}`"
+    assert re.search(rf"^ +{re.escape(install)} \$pins$", fresh, re.M), f"CI must run `{install}`"
+    assert re.search(r"^ +local name=\$1 start=\$SECONDS pins=\$\{2:\+-c \$2\} ", fresh, re.M), "pins: -c FILE"
     assert re.search(rf"^ +{re.escape(tests)}$", fresh, re.M), f"CI must run `{tests}`, nothing added"
     build = re.search(r"^ *NO_MKDOCS_2_WARNING=1 mkdocs build (.*)$", fresh, re.M)
     assert build and "--strict" in build[1] and not re.search(r"(^| )-(q|v)( |$)", build[1]), build
@@ -127,7 +128,7 @@ def test_the_docs_table_of_tested_versions_has_a_row_for_each_corner_with_its_py
 
 
 def test_the_stack_pins_are_the_core_pins_with_the_stack_lower_bounds():
-    """.ci/oldest-stacks.txt, the stack parts' oldest corner: each package of
+    """.ci/oldest-stacks.txt, the stacks at the oldest corner: each package of
     studies/stacks/requirements.txt at its lower bound, every other one as .ci/oldest.txt pins it."""
     core, stack = entries(".ci/oldest.txt"), entries("studies/stacks/requirements.txt")
     pinned = entries(".ci/oldest-stacks.txt")
@@ -144,12 +145,12 @@ def test_the_stack_pins_are_the_core_pins_with_the_stack_lower_bounds():
 
 
 def test_ci_runs_the_stack_tests_at_both_corners_where_a_missing_package_fails():
-    python, ci = ci_parts(), ci_script()
-    assert python["stacks_newest"] == python["newest"] and python["stacks_oldest"] == python["oldest"]
-    assert re.search(r"^ +stacks_newest\) stacks stacks_newest ;;$", ci, re.M)
-    assert re.search(r"^ +stacks_oldest\) stacks stacks_oldest -c \.ci/oldest-stacks\.txt ;;$", ci, re.M)
-    stacks = re.search(r"^stacks\(\) \{.*?^\}$", ci, re.M | re.S)[0]
-    assert re.search(r'^ +"\$\(python_of "\$name"\)" -m venv "\$work/\$name"$', stacks, re.M), "a fresh venv"
-    assert re.search(r'^ +pip install -r requirements\.txt -r studies/stacks/requirements\.txt "\$@"$',
-                     stacks, re.M)
-    assert re.search(r"^ +MAML_STACKS_REQUIRED=1 .*\n +python -m pytest .*studies/test_stacks\.py$", stacks, re.M)
+    """Each corner, once the README's command has passed in it, adds the stacks (at their lower
+    bounds in the oldest) and runs their tests, where a missing package fails instead of skipping."""
+    fresh = re.search(r"^fresh\(\) \{.*?^\}$", ci_script(), re.M | re.S)[0]
+    tests = fresh.index("python -m pytest\n")
+    stacks = re.search(r"^ +pip install -r requirements\.txt -r studies/stacks/requirements\.txt \$stack_pins$",
+                       fresh, re.M)
+    assert stacks and stacks.start() > tests, "the stacks come after the README's command"
+    assert re.search(r" stack_pins=\$\{3:\+-c \$3\}$", fresh, re.M)
+    assert re.search(r"^ +MAML_STACKS_REQUIRED=1 .*\n +python -m pytest .*studies/test_stacks\.py$", fresh, re.M)

@@ -6,8 +6,8 @@ optax's Adam follows maml.step's trajectory in float32; a multi-step inner loop 
 file's inner_update takes a fresh gradient at every step; ANIL leaves the body out of the inner
 step but not out of the meta-gradient.
 
-Without flax, equinox or optax these tests skip, with the reason. In CI's stack parts (.ci/run
-stacks-newest, stacks-oldest) MAML_STACKS_REQUIRED=1 is set, and a missing package is an error.
+Without flax, equinox or optax these tests skip, with the reason. Where CI adds the stacks
+(.ci/run, at both corners) MAML_STACKS_REQUIRED=1 is set, and a missing package is an error.
 """
 import importlib
 import os
@@ -210,7 +210,7 @@ def test_optax_adam_follows_maml_step_for_300_meta_steps_in_float32(stack):
 
 
 def test_a_missing_stack_package_skips_in_the_main_suite_and_fails_in_the_stack_part(monkeypatch):
-    """The switch the stack parts of .ci/run set: without it a missing package skips, with it the
+    """The switch .ci/run sets for the stack tests: without it a missing package skips, with it the
     import error stands."""
     monkeypatch.delenv("MAML_STACKS_REQUIRED", raising=False)
     with pytest.raises(pytest.skip.Exception, match="not installed"):
