@@ -1,8 +1,7 @@
-"""A run that survives being killed: its state saved whole at chunk boundaries, a
-resume that ends bit for bit where an uninterrupted run ends, Ctrl-C and SIGTERM that
-stop at the next boundary, one live run per folder. The state is each model's Adam
-state, losses and step (every task comes from keys derived from the seed): an .npz, with
-a checksum and a JSON record of what made it (flags, setups, versions) to match.
+"""A run that survives being killed: saved whole at chunk boundaries, resumed bit for
+bit, stopped by Ctrl-C or SIGTERM at a boundary, one live run per folder. The state is
+each model's Adam state, losses and step (tasks come from keys derived from the seed):
+an .npz, with a checksum and a JSON record of what made it (flags, setups, versions).
 """
 import contextlib
 import hashlib

@@ -139,9 +139,8 @@ def jax_device():
     """The default JAX device, as the environment names it: 'cpu (cpu)', say."""
     import jax
 
-    d = jax.devices()[0]
-    return f"{d.platform} ({d.device_kind})" + (f" x{jax.device_count()}"
-                                                 if jax.device_count() > 1 else "")
+    d, n = jax.devices()[0], jax.device_count()
+    return f"{d.platform} ({d.device_kind})" + (f" x{n}" if n > 1 else "")
 
 
 def environment_text(m):
