@@ -1,6 +1,5 @@
-"""The figures of a run, drawn from its results data (and, for the paper's figure 2, its
-trained parameters): the paper's figures 2 and 3 and the meta-training loss. Matplotlib's
-Figure, not pyplot: no global figure state and no GUI backend."""
+"""A run's figures, from its results data and run 0's parameters: the paper's figures 2
+and 3 and the meta-training loss (Matplotlib's Figure, not pyplot)."""
 import os
 
 import numpy as np
@@ -14,17 +13,14 @@ def save(fig, path):
 
 
 def adaptation_figure(first, tasks, results, adapt):
-    """The paper's figure 2: one held-out task, MAML before and after 1 and 10 steps,
-    and the baseline after 10, for each K; run 0's parameters (`first`) and step sizes.
-    adapt(params, x1, y1, alpha, n_steps) is experiment.inner_steps: the figure adapts
-    as the evaluation does."""
+    """The paper's figure 2 per K: a held-out task, MAML before and after 1 and 10
+    steps, the baseline after 10, of run 0 (`first`); adapt: experiment.inner_steps."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
     x1, y1, x_test, y_test = tasks
     sizes = {(c["model"], c["k"]): c["step_sizes"][0] for c in results["cells"]}
     fig = Figure(figsize=(11, 4), layout="constrained")
-    ks = sorted({c["k"] for c in results["cells"]})
-    for ax, k in zip(fig.subplots(1, 2, sharey=True), ks):
+    for ax, k in zip(fig.subplots(1, 2, sharey=True), sorted({k for _, k in sizes})):
         support = (x1[0, :k], y1[0, :k])
         ax.plot(x_test, y_test[0], "k-", lw=2, label="ground truth")
         ax.plot(*support, "k^", ms=8, label="support points")
@@ -40,30 +36,27 @@ def adaptation_figure(first, tasks, results, adapt):
 
 
 def mse_figure(results):
-    """The paper's figure 3 from the results data: held-out MSE against steps, for each
-    K; with several runs, each run's mean thin and the mean over runs with its
-    between-run interval."""
+    """The paper's figure 3 per K: held-out MSE against steps; with several runs, each
+    run's mean thin and the mean over runs with its between-run interval."""
     from matplotlib.figure import Figure
 
     fig, cells = Figure(figsize=(11, 4), layout="constrained"), results["cells"]
-    # Up to a little above the error before adapting: a mean that a few runaway tasks
-    # send far higher leaves the plot at the top rather than flattening every other
-    # curve.
+    # Up to a little above the error before adapting: a mean that runaway tasks send far
+    # higher leaves at the top rather than flattening every other curve.
     top = 1.25 * max(run["mean"][0] + run["ci"][0] for c in cells for run in c["runs"])
     for ax, k in zip(fig.subplots(1, 2, sharey=True), sorted({c["k"] for c in cells})):
         for cell, color in zip((c for c in cells if c["k"] == k), ("C0", "C3")):
-            runs, s = cell["runs"], cell["over_runs"]
-            mean, ci = ((runs[0]["mean"], runs[0]["ci"]) if s is None
-                        else (s["mean"], s["half"]))
-            mean, ci = np.array(mean, float), np.array(ci, float)
+            runs, many = cell["runs"], len(cell["runs"]) > 1
+            s = cell["over_runs"] or dict(runs[0], half=runs[0]["ci"])
+            mean, ci = np.array(s["mean"], float), np.array(s["half"], float)
             steps = np.arange(len(mean))
-            for run in runs if s else ():  # each run, thin: the spread of the interval
+            for run in runs if many else ():  # each run, thin: the interval's spread
                 ax.plot(steps, run["mean"], "-", color=color, lw=0.6, alpha=0.5)
             diverged = sum(run["diverged"] for run in runs)
             left_out = (f" ({diverged} diverged task{'s' * (diverged > 1)} left out)"
                         if diverged else "")
             ax.plot(steps, mean, "o-", color=color, label=cell["model"] + left_out
-                    + (f", mean of {len(runs)} runs" if s else ""))
+                    + (f", mean of {len(runs)} runs" if many else ""))
             ax.fill_between(steps, mean - ci, mean + ci, color=color, alpha=0.2)
             if results["paper"] and k == 5:
                 theirs = results["paper"][cell["model"]]
@@ -71,9 +64,7 @@ def mse_figure(results):
                         color=color, ms=9, label=f"{cell['model']} (paper)")
         ax.set(title=f"K = {k}", xlabel="gradient steps at meta-test time",
                ylabel="MSE", ylim=(0, top))
-    # One legend beside the plots, never over a curve or the paper's marks; the K = 5
-    # panel's entries come first, since only it has the paper's.
-    entries = {}
+    entries = {}  # one legend beside the plots, K = 5's (with the paper's) first
     for ax in fig.axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             entries.setdefault(label, handle)
@@ -97,15 +88,12 @@ def training_figure(results, curves):
     ax.set(yscale="log", xlabel="training step",
            ylabel="training loss on the meta-batch",
            title=f"meta-training, {setup['tasks']} tasks of K = {setup['k']} per step")
-    # Plain numbers on the log axis ("3", "0.5"), not Matplotlib's "3×10⁰": every
-    # power of ten, and the minor ticks at 2, 3 and 5 times one.
-    def plain(value, pos=None):
-        return f"{value:g}"
 
-    def some(value, pos=None):
+    def some(value, pos=None):  # minor ticks: 2, 3 and 5 times a power of ten
         first_digit = round(value / 10 ** np.floor(np.log10(value)), 6)
-        return plain(value) if first_digit in (2, 3, 5) else ""
-    ax.yaxis.set_major_formatter(ticker.FuncFormatter(plain))
+        return f"{value:g}" if first_digit in (2, 3, 5) else ""
+    # Plain numbers on the log axis ("3", "0.5"), not Matplotlib's "3×10⁰".
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter("{:g}".format))
     ax.yaxis.set_minor_formatter(ticker.FuncFormatter(some))
     ax.legend()
     return fig

@@ -1,11 +1,6 @@
-"""What experiment.py leans on to report a run: the statistics over tasks and runs, the
-results as data (results.json), the table rendered from that data alone, the figures,
-whole-or-nothing writes.
-
-The data comes first: every number the table shows is in the JSON, so programs, tests
-and pages read the JSON and the table is only one view of it.
-"""
-import json
+"""How experiment.py reports a run: statistics over tasks and runs, the results as data
+(results.json holds every number the table shows: programs, tests and pages read it),
+the table rendered from that data alone, the figures, whole-or-nothing writes."""
 import math
 import os
 import time
@@ -14,15 +9,13 @@ import numpy as np
 from jax.tree_util import tree_leaves, tree_map
 
 from machinery import figures, program
-from machinery.program import write_whole
 
 RUNAWAY = 10  # a task "runs away" once its MSE exceeds 10 times its MSE before adapting
 PLATEAU_WINDOW = 100  # training losses are kept, and judged, as means of 100 steps
 
 
 def progress(log, name, steps, losses, t0, due):
-    """experiment.train's progress line, when due and at the end: steps is (done at t0,
-    done now, of n_steps), losses the last chunk's."""
+    """train's progress line, when due and at the end; steps: (at t0, now, n_steps)."""
     first, step, n_steps = steps
     if due or step == n_steps:
         per_s = (step - first) / (time.perf_counter() - t0)
@@ -46,10 +39,8 @@ def most_diverged(curves):
 
 # -8<- [start:intervals]
 def mean_ci(values):
-    """Mean over tasks and the half-width of its 95% interval (normal approximation).
-
-    In float64: a task that ends far from its sinusoid can have a float32 MSE whose
-    square overflows float32."""
+    """Mean over tasks and the half-width of its 95% interval (normal approximation), in
+    float64: the square of a far task's MSE can overflow float32."""
     values = np.asarray(values, np.float64)
     return values.mean(), 1.96 * values.std(ddof=1) / math.sqrt(len(values))
 
@@ -81,11 +72,10 @@ def between_runs(values):
 
 # -8<- [start:run_numbers]
 def run_numbers(mse):
-    """One run's numbers for one model and K, from its MSE array (tasks, steps + 1). For
-    every number of steps: the mean over finite tasks and its 95% interval, the median,
-    the tasks that ran away, and whether they dominate the mean (make up more than half
-    of it). Then the tasks that ended worse than they started (a NaN counts as worse),
-    the worst, and the diverged."""
+    """One run's numbers for one model and K from its MSE (tasks, steps + 1): per number
+    of steps, the finite tasks' mean, 95% interval, median, runaway tasks and whether
+    they make up over half the mean; the tasks that end worse than they start (NaN
+    counts as worse), the worst of them, and the diverged."""
     kept = finite_tasks(mse).astype(np.float64)
     runaway = kept > RUNAWAY * kept[:, :1]
     mean, ci = np.transpose([mean_ci(column) for column in kept.T])
@@ -101,9 +91,8 @@ def run_numbers(mse):
 
 # -8<- [start:over_runs]
 def over_runs(runs):
-    """The runs' means, for every number of steps: their mean and between-run interval,
-    median, range and the number of runs whose mean a runaway task dominates. None for
-    one run: it has no spread between runs, and its interval is the one over tasks."""
+    """Per number of steps over the runs' means: mean and between-run interval, median,
+    range, runs a runaway task dominates. None for one run (no spread between runs)."""
     if len(runs) == 1:
         return None
     means = np.array([run["mean"] for run in runs])
@@ -123,9 +112,8 @@ def window_means(losses):
 
 
 def training_numbers(losses):
-    """Per run, from its losses (steps, runs): the first step at which the mean of 100
-    steps falls below half that of the first 100 (the run leaves the plateau where it
-    starts; None if it never does), and the mean loss of the last 1,000 steps."""
+    """Per run of losses (steps, runs): the first step whose 100-step mean is below half
+    the first 100's (leaving its starting plateau; else None); the last 1,000's mean."""
     window, means = min(PLATEAU_WINDOW, len(losses)), window_means(losses)
     below = means < means[:1] / 2
     leaves = [int((np.argmax(b) + 1) * window) if b.any() else None for b in below.T]
@@ -134,15 +122,11 @@ def training_numbers(losses):
 
 
 def results_data(*, curves, step_sizes, losses, **facts):
-    """Everything a run found, as data (results.json; results.txt is rendered from it):
-    `facts` (the command, setup, seeds, evaluation, the paper's numbers, speed), the
-    environment, one cell per model and K with every run's numbers and the numbers over
-    runs, and the training."""
-    cells = []
-    for (name, k), mse in curves.items():
-        runs = [run_numbers(m) for m in mse]
-        cells.append(dict(model=name, k=k, step_sizes=step_sizes[name, k], runs=runs,
-                          over_runs=over_runs(runs)))
+    """Everything a run found, as results.json's data: `facts`, the environment, a cell
+    per model and K (every run's numbers and those over runs), the training."""
+    runs = {key: [run_numbers(m) for m in mse] for key, mse in curves.items()}
+    cells = [dict(model=name, k=k, step_sizes=step_sizes[name, k], runs=r,
+                  over_runs=over_runs(r)) for (name, k), r in runs.items()]
     training = {name: training_numbers(np.asarray(l)) for name, l in losses.items()}
     return plain(dict(facts, environment=program.environment(program.jax_device()),
                       runaway_factor=RUNAWAY, cells=cells, training=training))
@@ -159,13 +143,8 @@ def plain(x):
         return {str(k): plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple, np.ndarray)):
         return [plain(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x
+    x = x.item() if isinstance(x, np.generic) else x  # a Python bool, int or float
+    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def number(x):
@@ -179,14 +158,11 @@ def number(x):
 def cell_text(cell, n, mark):
     """One cell of the table: the mean and its interval, or, where runaway tasks make up
     most of a mean, a dagger and the median (over tasks for one run, over runs)."""
-    runs, summary = cell["runs"], cell["over_runs"]
-    dominated = any(run["dominated"][n] for run in runs)
-    if dominated:
-        middle = runs[0]["median"][n] if summary is None else summary["median"][n]
-        return f"median {number(middle)}†"
-    mean, half = (runs[0]["mean"][n], runs[0]["ci"][n]) if summary is None else \
-        (summary["mean"][n], summary["half"][n])
-    return f"{number(mean)} ± {number(half)}{mark}"
+    one = cell["over_runs"] is None
+    s = cell["runs"][0] if one else cell["over_runs"]
+    if any(run["dominated"][n] for run in cell["runs"]):
+        return f"median {number(s['median'][n])}†"
+    return f"{number(s['mean'][n])} ± {number(s['ci' if one else 'half'][n])}{mark}"
 # -8<- [end:cell_text]
 
 
@@ -218,54 +194,50 @@ def table_rows(results):
 
 def runaway_lines(results):
     """A line for each cell whose mean runaway tasks dominate, with the mean beside."""
-    lines, n_runs = [], len(results["seeds"])
-    for cell in results["cells"]:
-        for n in results["eval_steps"]:
-            hit = [r for r, run in enumerate(cell["runs"]) if run["dominated"][n]]
-            if hit and n_runs == 1:
-                run = cell["runs"][0]
-                lines.append(f"† K = {cell['k']}, {cell['model']}, n = {n}: "
-                             f"{run['runaway'][n]} of {results['eval_tasks']} tasks "
-                             f"ran away (MSE over {RUNAWAY}x its start) and make up "
-                             f"most of the mean, {number(run['mean'][n])}; the cell is "
-                             "the median over tasks")
-            elif hit:
-                lines.append(f"† K = {cell['k']}, {cell['model']}, n = {n}: "
-                             f"diverges in {len(hit)} of {n_runs} runs (runs "
-                             f"{', '.join(map(str, hit))}: tasks whose MSE grew over "
-                             f"{RUNAWAY}x make up most of the run's mean); the cell is "
-                             "the median over runs, the mean over runs is "
-                             f"{number(cell['over_runs']['mean'][n])}")
+    lines, n_runs, tasks = [], len(results["seeds"]), results["eval_tasks"]
+    for cell, n in ((c, n) for c in results["cells"] for n in results["eval_steps"]):
+        hit = [r for r, run in enumerate(cell["runs"]) if run["dominated"][n]]
+        run, where = cell["runs"][0], f"† K = {cell['k']}, {cell['model']}, n = {n}: "
+        if hit and n_runs == 1:
+            lines.append(f"{where}{run['runaway'][n]} of {tasks} tasks ran away (MSE "
+                         f"over {RUNAWAY}x its start) and make up most of the mean, "
+                         f"{number(run['mean'][n])}; the cell is the median over tasks")
+        elif hit:
+            lines.append(f"{where}diverges in {len(hit)} of {n_runs} runs (runs "
+                         f"{', '.join(map(str, hit))}: tasks whose MSE grew over "
+                         f"{RUNAWAY}x make up most of the run's mean); the cell is the "
+                         "median over runs, the mean over runs is "
+                         f"{number(cell['over_runs']['mean'][n])}")
     return lines
 
 
 def task_lines(results):
     """Per model and K: the tasks that ended worse than they started, the diverged."""
-    lines, n_tasks, last = [], results["eval_tasks"], results["eval_steps"][-1]
+    lines, n_tasks, steps = [], results["eval_tasks"], results["eval_steps"]
+    higher = f"{steps[-1]} steps with a higher MSE than they started with"
     for cell in results["cells"]:
         runs, name = cell["runs"], f"K = {cell['k']:>2}, {cell['model']}"
-        if len(runs) == 1:
-            worst = runs[0]["worst"]
-            worst = "" if worst is None else f" (worst: {number(worst)})"
-            lines.append(f"{name}: {runs[0]['worse']} of {n_tasks} tasks end {last} "
-                         f"steps with a higher MSE than they started with{worst}")
-            if runs[0]["diverged"]:
-                lines.append(f"{'':8}{runs[0]['diverged']} of them diverged (MSE inf "
-                             "or NaN): left out of the row marked *")
+        if len(runs) > 1:
+            worse, diverged = (", ".join(str(run[key]) for run in runs)
+                               for key in ("worse", "diverged"))
+            lines.append(f"{name}: tasks of {n_tasks} that end {higher}, per run: "
+                         f"{worse}; diverged (left out): {diverged}")
+            for r, run in enumerate(runs):
+                means = ", ".join(f"n = {n}: {number(run['mean'][n])}" for n in steps)
+                lines.append(f"{'':8}run {r}: {means}")
             continue
-        lines.append(f"{name}: tasks of {n_tasks} that end {last} steps with a higher "
-                     "MSE than they started with, per run: "
-                     f"{', '.join(str(r['worse']) for r in runs)}; diverged (left "
-                     f"out): {', '.join(str(r['diverged']) for r in runs)}")
-        lines += [f"{'':8}run {r}: " + ", ".join(f"n = {n}: {number(run['mean'][n])}"
-                                               for n in results["eval_steps"])
-                  for r, run in enumerate(runs)]
+        run = runs[0]
+        worst = "" if run["worst"] is None else f" (worst: {number(run['worst'])})"
+        lines.append(f"{name}: {run['worse']} of {n_tasks} tasks end {higher}{worst}")
+        if run["diverged"]:
+            lines.append(f"{'':8}{run['diverged']} of them diverged (MSE inf or NaN): "
+                         "left out of the row marked *")
     return lines
 
 
 def spread_lines(results):
-    """Several runs: each cell's median and range over runs, and, beside the paper's
-    numbers, how many runs end above twice the paper's number."""
+    """Several runs: each cell's median and range over runs, and how many runs end above
+    twice the paper's number, beside it."""
     n_runs, paper = len(results["seeds"]), results["paper"]
     lines = [f"Over the {n_runs} runs (each run's mean): median [lowest, highest]"
              + ("; runs above twice the paper's number" if paper else "")]
@@ -275,28 +247,25 @@ def spread_lines(results):
                            f"{number(s['max'][n])}]" for n in results["eval_steps"][1:])
         lines.append(f"K = {cell['k']:>2}, {cell['model']}: {spread}")
         if paper and cell["k"] == 5:
-            theirs = ((int(n), v) for n, v in paper[cell["model"]].items())
-            above = [f"n = {n}: {sum(r['mean'][n] > 2 * v for r in cell['runs'])} of "
-                     f"{n_runs} above {2 * v:.2f}" for n, v in theirs]
+            above = [f"n = {n}: {sum(r['mean'][int(n)] > 2 * v for r in cell['runs'])} "
+                     f"of {n_runs} above {2 * v:.2f}"
+                     for n, v in paper[cell["model"]].items()]
             lines.append(f"{'':8}" + "; ".join(above))
     return lines
 
 
 def training_lines(results):
     """When each run left the plateau of its starting loss; its final training loss."""
-    lines = []
-    for name, t in results["training"].items():
-        runs = ", ".join(f"{'never' if s is None else f'{s:,}'} ({f:.3f})"
-                         for s, f in zip(t["leaves_plateau"], t["final"]))
-        lines.append(f"{name} training: the {t['window']}-step mean loss first falls "
-                     f"below half its start at step (final loss): {runs}")
-    return lines
+    return [f"{name} training: the {t['window']}-step mean loss first falls below half "
+            "its start at step (final loss): " + ", ".join(
+                f"{'never' if s is None else f'{s:,}'} ({f:.3f})"
+                for s, f in zip(t["leaves_plateau"], t["final"]))
+            for name, t in results["training"].items()]
 
 
 def plateau_note(results):
-    """A line (or none) for a run whose MAML never left the plateau its training loss
-    starts on: its numbers are those of a model that has not begun to meta-learn, not a
-    bad result of MAML."""
+    """A line (or none) for a run whose MAML never left its starting plateau: its
+    numbers are a model's that has not begun to meta-learn, not a bad result of MAML."""
     leaves = results["training"]["MAML"]["leaves_plateau"]
     stuck = [r for r, s in enumerate(leaves) if s is None]
     if not stuck:
@@ -318,10 +287,9 @@ def render(results):
 
 
 def write_run(out, params, tasks, results, losses, adapt):
-    """A run's files, each whole or not at all: the figures, params.npz (every leaf of
-    the trained parameters with its run axis first, and the 100-step means of the
-    training losses), results.json, and results.txt rendered from it. Returns the text
-    of results.txt."""
+    """A run's files, each whole or not at all: the figures, params.npz (the trained
+    parameters, run axis first, and the 100-step means of the training losses), then
+    results.json and results.txt rendered from it. Returns the text of results.txt."""
     means = {name: window_means(np.asarray(l)) for name, l in losses.items()}
     first = {name: tree_map(lambda a: a[0], p) for name, p in params.items()}
     figures.write_figures(out, first, tasks, results, means, adapt)
@@ -331,9 +299,7 @@ def write_run(out, params, tasks, results, losses, adapt):
     arrays.update(seed=results["seeds"][0], eval_tasks=results["eval_tasks"],
                   alpha=results["setup"]["alpha"],
                   amp_range=results["setup"]["amp_range"])
-    write_whole(os.path.join(out, "params.npz"), lambda f: np.savez(f, **arrays))
-    program.write_text(os.path.join(out, "results.json"),
-                       json.dumps(results, indent=1) + "\n")
-    table = f"Command: {results['command']}\n{render(results)}"
-    program.write_text(os.path.join(out, "results.txt"), table)
-    return table
+    program.write_whole(os.path.join(out, "params.npz"),
+                        lambda f: np.savez(f, **arrays))
+    return program.write(out, "results", results,
+                         lambda r: f"Command: {r['command']}\n{render(r)}", ".txt")
