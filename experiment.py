@@ -1,5 +1,4 @@
 """The MAML paper's sinusoid regression (section 5.1): MAML against its baseline."""
-import math
 import sys
 import time
 from functools import partial
@@ -37,9 +36,8 @@ DEFAULT = "code"  # in twenty runs, the released code's settings give the paper'
 # -8<- [start:inits]
 def code_init(key):
     """The released code's construct_fc_weights, in net_init's layout (() per Relu)."""
-    shapes = [(1, 40), (40, 40), (40, 1)]
     dense = [(0.01 * random.truncated_normal(k, -2.0, 2.0, s), jnp.zeros(s[1]))
-             for k, s in zip(random.split(key, len(shapes)), shapes)]
+             for k, s in zip(random.split(key, 3), [(1, 40), (40, 40), (40, 1)])]
     return [dense[0], (), dense[1], (), dense[2]]
 
 
@@ -90,8 +88,7 @@ def train_chunk(opt_state, keys, steps, amp_range, alpha, *, step_fn, n_tasks, k
 
 # -8<- [start:chunks]
 def chunks(n_steps, n_chunks=20, longest=5_000):
-    """(start, stop) of about n_chunks chunks, none over `longest` steps (a chunk's
-    tasks are drawn up front, so its length sets the memory)."""
+    """(start, stop) of about n_chunks chunks, none over `longest` steps."""
     size = min(-(-n_steps // n_chunks), longest)
     return [(a, min(a + size, n_steps)) for a in range(0, n_steps, size)]
 
@@ -115,13 +112,12 @@ def compile_training(step_fn, params, setup, runs):
 # -8<- [start:train]
 def train(compiled, params, keys, setup, name, log=print, resume=None, at_chunk=None):
     """Train params (run axis first) on keys[r]'s tasks: params, losses (steps, runs),
-    seconds per step. resume=(opt_state, offset[, losses]) goes on after the losses'
-    steps, numbered from offset, and returns the state; at_chunk(opt_state, done,
-    losses) after each chunk (the checkpoint)."""
+    seconds per step. resume=(opt_state, offset[, losses]) goes on after those losses,
+    steps numbered from offset, and returns the state; at_chunk(state, done, losses)."""
     n_steps, spans = setup["steps"], chunks(setup["steps"])
     all_keys = step_keys(keys, n_steps)  # run r, step i: all_keys[i, r]
     opt_state, offset, *before = resume or (vmap(opt_init)(params), 0)
-    losses = [np.asarray(b) for b in before if len(b)]
+    losses = [np.asarray(prior) for prior in before if len(prior)]
     done = first = sum(map(len, losses))
     t0 = t_steady = time.perf_counter()
     for c, (a, b) in enumerate((a, b) for a, b in spans if b > done):
@@ -141,7 +137,7 @@ def train(compiled, params, keys, setup, name, log=print, resume=None, at_chunk=
         if at_chunk is not None:
             at_chunk(opt_state, b, np.concatenate(losses))
     took = time.perf_counter() - t_steady
-    steady = took / (n_steps - first) if first > done else math.nan
+    steady = took / (n_steps - first) if first > done else np.nan
     trained = get_params(opt_state) if resume is None else opt_state
     return trained, np.concatenate(losses), steady
 # -8<- [end:train]
@@ -279,7 +275,7 @@ def train_both(ap, args, setup, init, streams, stopper):
         params[name] = get_params(opt_state)
     ms, n = 1e3 * per_step["MAML"], args.seeds
     runs = f" of {n} runs, {ms / n:.3f} ms per run-step" * (n > 1)
-    print("meta-training: " + ("resumed, not timed" if math.isnan(ms) else
+    print("meta-training: " + ("resumed, not timed" if np.isnan(ms) else
           f"{ms:.3f} ms per meta-step{runs} (steady state: compile, first chunk out)"))
     return params, losses, ms
 # -8<- [end:train_both]

@@ -236,8 +236,7 @@ def task_lines(results):
 
 
 def spread_lines(results):
-    """Several runs: each cell's median and range over runs, and how many runs end above
-    twice the paper's number, beside it."""
+    """Several runs: each cell's median and range, the runs above twice the paper's."""
     n_runs, paper = len(results["seeds"]), results["paper"]
     lines = [f"Over the {n_runs} runs (each run's mean): median [lowest, highest]"
              + ("; runs above twice the paper's number" if paper else "")]
@@ -268,21 +267,18 @@ def plateau_note(results):
     numbers are a model's that has not begun to meta-learn, not a bad result of MAML."""
     leaves = results["training"]["MAML"]["leaves_plateau"]
     stuck = [r for r, s in enumerate(leaves) if s is None]
-    if not stuck:
-        return []
     which = "the run" if len(leaves) == 1 else f"runs {', '.join(map(str, stuck))}"
     return [f"note: MAML's training loss in {which} is still above half its start "
             f"after {results['setup']['steps']:,} steps (still on its starting "
             "plateau): train longer with --steps, or see why on the Results page, "
-            "'The slow runs'\n"]
+            "'The slow runs'\n"] if stuck else []
 
 
 def render(results):
     """The text table of a run, from its results data alone."""
-    lines = table_rows(results) + runaway_lines(results) + task_lines(results)
-    if len(results["seeds"]) > 1:  # one run has no spread over runs to show
-        lines += spread_lines(results)
-    lines += training_lines(results)
+    several = len(results["seeds"]) > 1  # one run has no spread over runs to show
+    lines = (table_rows(results) + runaway_lines(results) + task_lines(results)
+             + (spread_lines(results) if several else []) + training_lines(results))
     return "".join(line.rstrip() + "\n" for line in lines)
 
 
