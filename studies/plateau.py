@@ -43,32 +43,27 @@ def is_slow(leaves):
     return leaves is None or leaves > SLOW
 
 
-def k5_means(params, setup, test_seed, n_tasks):
-    """Each run's mean K = 5 MSE after 1, 5 and 10 steps, on the held-out tasks experiment.py
-    evaluates a run of seed test_seed on, adapting with the setup's alpha."""
-    test = held_out_tasks(test_seed, n_tasks, setup["amp_range"])
-    runs = len(params[0][0])
-    mse = experiment.run_curves(params, test, 5, np.full(runs, setup["alpha"], np.float32))
-    return [{n: report.run_numbers(m)["mean"][n] for n in (1, 5, 10)} for m in mse]
-
-
 def train_maml(setup, seeds, blocks, test_seed=0, n_tasks=600):
     """MAML alone for the runs of `seeds` at once, `blocks` times setup["steps"] steps, by
     experiment.train: block 0 on each run's own stream, exactly as experiment.py draws it; block
     b > 0 goes on from block b - 1's optimizer state on the stream of fold_in(key, b). Returns per
-    block each run's K = 5 means, and the training numbers."""
+    block each run's mean K = 5 MSE after 1, 5 and 10 steps (on the held-out tasks of a run of
+    test_seed, adapting with the setup's alpha), and the training numbers."""
     keys = np.stack([experiment.run_keys(s, 1)[:, 0] for s in seeds], axis=1)  # (5, runs, 2)
     params = vmap(experiment.INITS[setup["init"]])(keys[0])
     compiled = experiment.compile_training(maml.step, tree_map(lambda a: a[0], params), setup,
                                            len(seeds))
+    test = held_out_tasks(test_seed, n_tasks, setup["amp_range"])
+    alphas = np.full(len(seeds), setup["alpha"], np.float32)
     state, losses, after = vmap(maml.opt_init)(params), [], []
     for b in range(blocks):
         stream = keys[1] if b == 0 else np.asarray(vmap(random.fold_in, (0, None))(keys[1], b))
         state, block, _ = experiment.train(  # no progress lines: the print below says enough
             compiled, None, stream, setup, f"block {b + 1}", log=lambda line: None,
-            resume=(state, b * setup["steps"]))
+            resume=(state, b * setup["steps"], []))
         losses.append(block)
-        after.append(k5_means(maml.get_params(state), setup, test_seed, n_tasks))
+        mse = experiment.run_curves(maml.get_params(state), test, 5, alphas)
+        after.append([{n: report.run_numbers(m)["mean"][n] for n in (1, 5, 10)} for m in mse])
         print(f"  block {b + 1}/{blocks} of seeds {seeds}: K = 5 after 10 steps "
               + ", ".join(f"{m[10]:.3f}" for m in after[-1]), flush=True)
     return after, report.training_numbers(np.concatenate(losses))
