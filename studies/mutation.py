@@ -45,8 +45,9 @@ LEFT_OUT = ["empty_folder", "whatever_the_seeds", "jit_equals", "needs_no_packag
             "about_50_lines"]
 PYTEST_ARGS = ["-p", "no:cacheprovider", "-k", f"not ({' or '.join(LEFT_OUT)})"]
 # What the tests read besides SCOPE (machinery/ file by file: report.py is mutated).
-COPY = ["machinery/__init__.py", "machinery/preflight.py", "machinery/program.py", "studies",
-        "figures", "docs", "README.md", "mkdocs.yml"]
+COPY = ["machinery/__init__.py", "machinery/checkpoint.py", "machinery/figures.py",
+        "machinery/preflight.py", "machinery/program.py", "studies", "figures", "docs",
+        "README.md", "mkdocs.yml"]
 CONFTEST = '''import os
 
 import jax
@@ -244,7 +245,7 @@ def function_table(data):
 
 
 def render(data):
-    """The Testing page's tables: each run's score, by function, the changes planted by hand, and
+    """The Testing page's tables: the runs' scores, by function, the changes planted by hand, and
     every mutant the last run did not kill, with its change and why no test can kill it."""
     labels, last = list(data["runs"]), list(data["runs"].values())[-1]
     planted = [[f"`{p['file']}`", f"`{p['line']}`", f"`{p['planted']}`",
