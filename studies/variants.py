@@ -156,8 +156,6 @@ def render(data):
              f"{sum(r['worse'] for r in c['runs'])} of {n_runs * tasks}",
              sum(r["diverged"] for r in c["runs"]), f"{data['ms_per_step'][c['model']]:.3f}"]
             for c in data["cells"]]
-    header = ["variant", "K", *(f"n = {n}" for n in steps), "tasks ending worse, all runs",
-              "diverged tasks, all runs", "ms per meta-step of all runs"]
     return "\n".join([
         f"Measured on {program.environment_text(data['environment'])}; {data['when']}, load "
         f"{', '.join(map(str, data['load']))}.", "", f"Command: `{data['command']}`", "",
@@ -168,7 +166,9 @@ def render(data):
         "overflowed (inf or NaN) at any step is left out of every column of its cell, and counted "
         "as diverged. † marks a cell whose mean, in some run, tasks that ran away (MSE over "
         f"{data['runaway_factor']}x its start) dominate: it shows the median over runs.", "",
-        program.table(header, rows, "lrrrrrrr"),
+        program.table(["variant", "K", *(f"n = {n}" for n in steps),
+                       "tasks ending worse, all runs", "diverged tasks, all runs",
+                       "ms per meta-step of all runs"], rows, "lrrrrrrr"),
         "".join(f"- {line}\n" for line in report.runaway_lines(data))]).rstrip() + "\n"
 
 
@@ -188,23 +188,18 @@ def parse_args(argv=None):
     return program.parse(ap, argv)
 
 
-def results(args, setup, curves, per_step):
-    """The variants' results as data: what made them, and one cell per variant and K."""
-    return report.plain(dict(
+def main(argv=None):
+    args = parse_args(argv)
+    setup = dict(experiment.SETUPS["paper"], steps=args.steps)
+    curves, per_step = train_all({name: VARIANTS[name] for name in args.only}, setup, args.seeds,
+                                 args.seed, args.eval_tasks)
+    data = report.plain(dict(
         command=program.command("studies.variants", args.argv), steps=args.steps,
         seeds=list(range(args.seed, args.seed + args.seeds)), eval_tasks=args.eval_tasks,
         eval_steps=[1, 5, 10], setup=setup, runaway_factor=report.RUNAWAY,
         environment=program.environment(program.jax_device()), when=program.now(),
         load=program.load(), ms_per_step={name: 1e3 * s for name, s in per_step.items()},
         cells=[c for name in curves for c in variant_cells(name, curves[name])]))
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    setup = dict(experiment.SETUPS["paper"], steps=args.steps)
-    curves = train_all({name: VARIANTS[name] for name in args.only}, setup, args.seeds, args.seed,
-                       args.eval_tasks)
-    data = results(args, setup, *curves)
     print(program.write(args.out, "variants", data, render), end="")
 
 
