@@ -1,17 +1,8 @@
 """The 2019 blog post's batched MAML loop ("Meta-Learning in 50 Lines of JAX", Eric Jang), ported
-to today's JAX with the fewest changes: the measuring stick of the Performance page.
-
-The changes are the ones the From 2019 page lists: stax and optimizers come from
-jax.example_libraries, tree_map replaces tree_multimap, net_init takes a key, adam returns its
-own get_params, and today's names (jnp is jax.numpy, np is NumPy). Two more make it a benchmark:
-the setting (tasks, K, inner step size, amplitudes) is an argument, so that the paper's setting
-runs too, and NumPy draws from a Generator seeded by the caller rather than from its
-global state. The rest is as the blog wrote it: tasks drawn on the host by NumPy, a Python loop
-over the tasks, the batch stacked by jax.numpy, and one compiled step per meta-step that takes the
-gradient and then the loss again.
-
-The careful port (careful=True) changes one word: it stacks the host batch with NumPy, one array
-for the device instead of one small transfer per task.
+to today's JAX with the fewest changes (listed on the From 2019 page), the setting an argument and
+NumPy drawing from a seeded Generator: the Performance page's measuring stick. As the blog wrote
+it, tasks are drawn on the host in a Python loop, stacked by jax.numpy, and one compiled step takes
+the gradient, then the loss again; the careful port (careful=True) stacks with NumPy instead.
 """
 import time
 from functools import partial
@@ -48,9 +39,7 @@ def batch_maml_loss(p, x1_b, y1_b, x2_b, y2_b, alpha):
 
 # -8<- [start:sample]
 def sample_tasks(rng, outer_batch_size, inner_batch_size, amp_range, stack=jnp.stack):
-    """The blog's sampler: a Python loop over the tasks, NumPy draws, then `stack`.
-    The blog's was jax.numpy's (it imported jax.numpy as np), which sends every task's
-    little array to the device on its own; the careful port passes np.stack."""
+    """The blog's sampler; its `stack` was jnp.stack (it imported jax.numpy as np)."""
     As, phases = [], []
     for _ in range(outer_batch_size):
         As.append(rng.uniform(low=amp_range[0], high=amp_range[1]))
@@ -81,14 +70,12 @@ def step(i, opt_state, x1, y1, x2, y2, alpha):
 
 
 def train(setup, careful=False, seed=0):
-    """The blog's loop at `setup` (as experiment.SETUPS has it, with its steps): the steady-state
-    ms per step, the steps timed and the last loss. The first min(50, steps // 10) steps compile
-    and warm up, untimed, as in the benchmark's other loops."""
+    """The blog's loop at `setup` (experiment.SETUPS's, with steps): steady ms per step, the steps
+    timed and the last loss; the first min(50, steps // 10) warm up, untimed, as in bench.py."""
     rng, stack = np.random.default_rng(seed), np.stack if careful else jnp.stack
     out_shape, net_params = net_init(jax.random.PRNGKey(seed), (-1, 1))
     opt_state = opt_init(net_params)
-    np_batched_maml_loss, steps = [], setup["steps"]
-    warm = min(50, steps // 10)
+    np_batched_maml_loss, steps, warm = [], setup["steps"], min(50, setup["steps"] // 10)
     for i in range(steps):
         if i == warm:
             jax.block_until_ready(opt_state)
