@@ -41,8 +41,7 @@ def mse_figure(results):
     from matplotlib.figure import Figure
 
     fig, cells = Figure(figsize=(11, 4), layout="constrained"), results["cells"]
-    # Up to a little above the error before adapting: a mean that runaway tasks send far
-    # higher leaves at the top rather than flattening every other curve.
+    # Over the unadapted error: a runaway mean leaves at the top, not squashing the rest
     top = 1.25 * max(run["mean"][0] + run["ci"][0] for c in cells for run in c["runs"])
     for ax, k in zip(fig.subplots(1, 2, sharey=True), sorted({c["k"] for c in cells})):
         for cell, color in zip((c for c in cells if c["k"] == k), ("C0", "C3")):
