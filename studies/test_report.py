@@ -235,7 +235,7 @@ def test_results_data_is_plain_json_and_renders_the_same_after_a_round_trip(tmp_
     mse = np.ones((2, 3, 11))
     mse[1, 2, 5:] = np.inf
     data = results_of(mse, paper=True)
-    program.write_text(str(tmp_path / "results.json"), json.dumps(data, indent=1))  # as write_run
+    program.write_text(str(tmp_path / "results.json"), program.dumps(data))  # as write_run
     back = program.read_json(str(tmp_path / "results.json"))
     assert back == data and report.render(back) == report.render(data)
     assert json.loads(json.dumps(data, allow_nan=False)) == data  # no NaN or Infinity anywhere
