@@ -1,7 +1,6 @@
-"""What saving a checkpoint after every chunk costs a run of experiment.py: the time per
-meta-step of experiment.train with and without the checkpoint, as the median of interleaved
-rounds (the machine may be shared: only the ratio, measured side by side, means much), and the
-size of the checkpoint at the end of training.
+"""What saving a checkpoint after every chunk costs a run of experiment.py: its time per meta-step
+with and without, the median of interleaved rounds (on a shared machine only their ratio, measured
+side by side, means much), and the checkpoint's size at the end of training.
 
     python -m studies.checkpoint_cost                  # 1 and 20 runs: figures/checkpoint_cost.*
     python -m studies.checkpoint_cost --seeds 1 --steps 1400 --rounds 2 --out /tmp/c  # quick
@@ -13,7 +12,6 @@ import time
 from types import SimpleNamespace
 
 import numpy as np
-
 from jax import vmap
 from jax.tree_util import tree_map
 
@@ -22,54 +20,38 @@ import maml
 from machinery import checkpoint, program
 
 
-def timed(compiled, init, keys, setup, folder, every):
-    """Seconds per meta-step of one whole training, from the second chunk on (as train
-    reports it), with experiment.py's checkpoints if `folder` is given."""
-    at_chunk = None
-    if folder:
-        args = SimpleNamespace(out=folder, argv=[], checkpoint_every=every)
-        at_chunk = checkpoint.saver(args, {"run": "timing"}, {}, "MAML", checkpoint.Stopper(),
-                                    setup["steps"])
-    start = (vmap(maml.opt_init)(init), 0, [])
-    return experiment.train(compiled, None, keys, setup, "MAML", log=str, resume=start,
-                            at_chunk=at_chunk)[2]
-
-
 def measure(seeds, steps, rounds, every):
-    """One point: the per-step times of each round, with and without, the file's size, and the
-    time one save of a whole default run's checkpoint takes."""
+    """One point: each round's time per step with and without checkpoints, the file's size, and
+    the median of 15 saves of a default run's whole checkpoint (both models, 70,000 losses each):
+    set against a default chunk (3,500 steps), the overhead's bound, less noisy than the ratio."""
     setup = dict(experiment.SETUPS["code"], steps=steps)
     keys = experiment.run_keys(0, seeds)
     init = vmap(experiment.code_init)(keys[0])
     compiled = experiment.compile_training(maml.step, tree_map(lambda a: a[0], init), setup,
                                            seeds)
-    times = {"without": [], "with": []}
+
+    def timed(folder):  # s per meta-step as train reports it; checkpoints into folder, if any
+        at_chunk = folder and checkpoint.saver(
+            SimpleNamespace(out=folder, argv=[], checkpoint_every=every), {"run": "timing"}, {},
+            "MAML", checkpoint.Stopper(), steps)
+        return experiment.train(compiled, None, keys[1], setup, "MAML", log=str,
+                                resume=(vmap(maml.opt_init)(init), 0, []), at_chunk=at_chunk)[2]
+    times, saves = {"without": [], "with": []}, []
     with tempfile.TemporaryDirectory() as folder:
         for r in range(rounds):  # interleaved, the order alternating from round to round
             for way in (("without", "with") if r % 2 == 0 else ("with", "without")):
-                times[way].append(timed(compiled, init, keys[1], setup,
-                                        folder if way == "with" else None, every))
+                times[way].append(timed(folder if way == "with" else None))
         size = os.path.getsize(os.path.join(folder, checkpoint.NAME))
-        save_ms = one_save(folder, vmap(maml.opt_init)(init), seeds)
+        whole = (vmap(maml.opt_init)(init), 70_000, np.zeros((70_000, seeds), np.float32))
+        for _ in range(15):
+            t0 = time.perf_counter()
+            checkpoint.save(folder, {"run": "timing"}, {"MAML": whole, "pretrained": whole})
+            saves.append(time.perf_counter() - t0)
     ms = {way: 1e3 * statistics.median(t) for way, t in times.items()}
     return dict(seeds=seeds, steps=steps, every_s=every, chunks=len(experiment.chunks(steps)),
                 bytes=size, ms_rounds={w: [1e3 * t for t in ts] for w, ts in times.items()},
-                ms=ms, ratio=ms["with"] / ms["without"], save_ms=save_ms,
+                ms=ms, ratio=ms["with"] / ms["without"], save_ms=1e3 * statistics.median(saves),
                 default_chunk_ms=1e3 * 70_000 / 20 * statistics.median(times["without"]))
-
-
-def one_save(folder, opt_state, seeds, repeats=15):
-    """Milliseconds one checkpoint of a whole default run takes to write (median): both models'
-    state and 70,000 losses each, the largest it gets. Less noisy than the ratio on a shared
-    machine: set against a default chunk (3,500 steps), it is the overhead bound."""
-    losses = np.zeros((70_000, seeds), np.float32)
-    progress = {name: (opt_state, 70_000, losses) for name in ("MAML", "pretrained")}
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        checkpoint.save(folder, {"run": "timing"}, progress)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def render(data):
