@@ -27,9 +27,8 @@ def load(setup, root=os.path.join(program.ROOT, "figures")):
 
 
 def cell_numbers(cell):
-    """What the table and the figure show of one K = 5 cell after 1, 5 and 10 steps: its step
-    sizes, the numbers over runs, every run's mean, and the runs whose mean runaway tasks
-    dominate."""
+    """One K = 5 cell as the table and figure show it, after 1, 5 and 10 steps: its step sizes,
+    the numbers over runs, each run's mean, and the runs whose mean runaway tasks dominate."""
     s, runs = cell["over_runs"], cell["runs"]
     return dict(step_sizes=cell["step_sizes"],
                 over_runs={key: [s[key][n] for n in STEPS]

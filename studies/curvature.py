@@ -55,8 +55,8 @@ all_eigenvalues = jit(vmap(vmap(top_eigenvalue, (None, 0, 0)), (0, None, None)))
 
 
 def load(folder):
-    """The MAML parameters of every run that `experiment.py --out FOLDER` saved (params.npz,
-    each leaf with its run axis first), and that run's results.json."""
+    """The MAML parameters (run axis first) that `experiment.py --out FOLDER` saved, and its
+    results.json."""
     saved = np.load(os.path.join(folder, "params.npz"))
     structure = tree_structure(maml.net_init(random.PRNGKey(0), (-1, 1))[1])
     leaves = [saved[f"MAML/{i}"] for i in range(structure.num_leaves)]
@@ -89,8 +89,7 @@ def run_record(seed, step_size, lam, curve):
 
 
 def summary(runs):
-    """One K over every task of every run: the eigenvalues' median, 99th percentile and maximum,
-    and the counts summed."""
+    """One K over all runs: the eigenvalues' median, 99th percentile and maximum; the counts."""
     lam = np.concatenate([r["eigenvalues"] for r in runs])
     counts = {name: sum(r["counts"][name] for r in runs)
               for name in ("tasks", "steep", "worse", "both", "overflowed")}
@@ -100,9 +99,8 @@ def summary(runs):
 
 
 def measure(folder, n_tasks=None):
-    """One setup's record: for each K that experiment.py evaluated MAML at, every run's
-    eigenvalues and tasks that ended worse, each run with the step size it adapted with, on the
-    held-out tasks experiment.py drew (or their first n_tasks)."""
+    """One setup: for each K experiment.py evaluated MAML at, each run's run_record with the step
+    size it adapted with, on experiment.py's held-out tasks (or their first n_tasks)."""
     params, results = load(folder)
     x1, y1, x_test, y_test = held_out_tasks(results["seeds"][0], results["eval_tasks"],
                                             tuple(results["setup"]["amp_range"]))

@@ -44,11 +44,11 @@ def is_slow(leaves):
 
 
 def train_maml(setup, seeds, blocks, test_seed=0, n_tasks=600):
-    """MAML alone for the runs of `seeds` at once, `blocks` times setup["steps"] steps, by
-    experiment.train: block 0 on each run's own stream, exactly as experiment.py draws it; block
-    b > 0 goes on from block b - 1's optimizer state on the stream of fold_in(key, b). Returns per
-    block each run's mean K = 5 MSE after 1, 5 and 10 steps (on the held-out tasks of a run of
-    test_seed, adapting with the setup's alpha), and the training numbers."""
+    """MAML alone for the runs of `seeds` at once, `blocks` times setup["steps"] steps: block 0 on
+    each run's own stream, exactly as experiment.py draws it; block b > 0 goes on from block
+    b - 1's optimizer state on the stream of fold_in(key, b). Returns, per block, each run's mean
+    K = 5 MSE after 1, 5 and 10 steps (on the held-out tasks of test_seed), and the training
+    numbers."""
     keys = np.stack([experiment.run_keys(s, 1)[:, 0] for s in seeds], axis=1)  # (5, runs, 2)
     params = vmap(experiment.INITS[setup["init"]])(keys[0])
     compiled = experiment.compile_training(maml.step, tree_map(lambda a: a[0], params), setup,

@@ -115,9 +115,8 @@ def held_out_tasks(seed, n_tasks, amp_range):
 
 def train_all(models, setup, seeds, seed, eval_tasks):
     """Each of `models` (name: step, start, update, as in VARIANTS) trained for `seeds` runs at
-    once by experiment.py's loop from its keys of seed, seed + 1, ... (the same init and tasks for
-    every model), and evaluated on its held-out tasks: by name, the curves for each K and the
-    seconds per meta-step."""
+    once by experiment.py's loop, from its keys of seed, seed + 1, ... (the same init and tasks
+    for every model): by name, the held-out curves for each K and the seconds per meta-step."""
     test = held_out_tasks(seed, eval_tasks, setup["amp_range"])
     keys = experiment.run_keys(seed, seeds)
     curves, per_step, t0 = {}, {}, time.perf_counter()
