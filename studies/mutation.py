@@ -2,12 +2,9 @@
 
 mutmut (not a requirement: `pip install mutmut==3.8.1` beside the project) makes one small change
 at a time inside a function (a `+` for a `-`, 0.01 for 1.01) and runs the tests that call it; a
-change no test notices "survives". This runs it on a copy of the project over SCOPE and writes
-every mutant's outcome as JSON, with the table the Testing page shows. mutmut mutates only
-undecorated functions, so in the copy `@jit` above a function becomes `f = jit(f)` after it; and
-while mutmut maps tests to functions, a conftest.py clears JAX's caches before each test (a
-function traced by one test is not traced again by the next). From the repository root (35
-minutes on two cores on 2026-12-01: 25 for mutmut, 10 planted by hand):
+change no test notices "survives". This runs it on a copy of the project over SCOPE, and writes
+every mutant's outcome as JSON, with the table the Testing page shows. From the repository root
+(35 minutes on two cores on 2026-12-01: 25 for mutmut, 10 planted by hand):
 
     python -m studies.mutation --work /tmp/mutation --label after   # figures/mutation.json, .md
 """
@@ -48,6 +45,8 @@ PYTEST_ARGS = ["-p", "no:cacheprovider", "-k", f"not ({' or '.join(LEFT_OUT)})"]
 COPY = ["machinery/__init__.py", "machinery/checkpoint.py", "machinery/figures.py",
         "machinery/preflight.py", "machinery/program.py", "studies", "figures", "docs",
         "README.md", "mkdocs.yml"]
+# While mutmut maps tests to functions, a function traced by one test would not be traced again
+# by the next (mutmut would think only the first test calls it): each test clears JAX's caches.
 CONFTEST = '''import os
 
 import jax
@@ -69,7 +68,8 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 33: "no tests", 36: "timeout"
 
 
 def undecorate(source):
-    """The source with each top-level `@dec def f` written as `def f` followed by `f = dec(f)`."""
+    """The source with each top-level `@dec def f` written as `def f` followed by `f = dec(f)`:
+    mutmut mutates only undecorated functions, and `step` is to be mutated too."""
     lines, edits = source.splitlines(keepends=True), []
     for node in ast.parse(source).body:
         if isinstance(node, ast.FunctionDef) and node.decorator_list:
