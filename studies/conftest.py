@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -24,6 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent  # the repository: every program r
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: trains, builds or runs whole programs (minutes); "
                             "-m 'not slow' leaves them out")
+    # In this process XLA compiles with most of its optimisations off: the claims here are about
+    # what a program computes, and optimising a second-order program costs more than running it
+    # (a third of the fast subset's time). The programs that the slow tests start, and the
+    # committed results, run optimised, as a user's do.
+    jax.config.update("jax_disable_most_optimizations", True)
 
 
 @pytest.fixture
