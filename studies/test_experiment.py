@@ -511,24 +511,29 @@ def test_cli_divergence_stops_and_writes_nothing(alpha, where, tmp_path, compile
     (["--seeds", "3", "--k", "10000000"], "--k", "3 run(s) of 70,000 steps of 25 tasks with K = 10,000,000"),
     (["--eval-tasks", "100000000"], "--eval-tasks", "on 100,000,000 held-out tasks"),
 ], ids=["tasks", "k", "k-not-seeds", "eval-tasks"])
-def test_cli_refuses_a_run_that_cannot_fit_in_memory_before_training(argv, flags, what, tmp_path, compile_cache):
+def test_a_run_that_cannot_fit_in_memory_is_refused_before_training(argv, flags, what, tmp_path, capsys):
     """Each of these needs terabytes, far beyond any machine: training, by the count of one chunk's
     tasks (3,500 steps x 1e8 tasks x 40 numbers x 4 bytes), made before compiling; evaluation, by
     XLA's own count of the compiled programs. One line naming the one flag that is too large (not
     --seeds, which is 3 times its default where K is 1e6 times), the need, what is available and
     the largest value that would fit; exit 2; nothing trained (no progress line) or written, and
-    no empty folder made where --out did not exist."""
+    no empty folder made where --out did not exist. main in this process (the refusal is main's
+    alone; test_cli_bad_flag_stops_the_program_before_anything_runs runs the program itself)."""
     (tmp_path / "results.txt").write_text("earlier results")
-    result = run_cli(compile_cache, *argv, "--out", str(tmp_path), timeout=120)
-    fresh = run_cli(compile_cache, *argv, "--out", str(tmp_path / "new" / "folder"), timeout=120)
-    assert fresh.returncode == 2 and not (tmp_path / "new").exists()
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"experiment.py: error: argument {flags}: "), lines
+    for out in (tmp_path, tmp_path / "new" / "folder"):
+        with pytest.raises(SystemExit) as stop:
+            experiment.main([*argv, "--out", str(out)])
+        assert stop.value.code == 2
+    printed, err = capsys.readouterr()
+    assert not (tmp_path / "new").exists()
+    lines = err.strip().splitlines()
+    need = [line.split(" available")[0] for line in lines]  # what is free moves between the two
+    assert len(lines) == 2 and need[0] == need[1], lines
+    assert lines[0].startswith(f"experiment.py: error: argument {flags}: "), lines
     assert what in lines[0] and re.search(r"needs (at least )?[\d.]+ TiB \((XLA's count|a chunk's tasks alone)\), "
                                           r"more than the [\d.]+ [KMGT]?i?B available; expected "
                                           + flags + r" at most about [\d,]+, got [\d,]+$", lines[0]), lines[0]
-    assert "step " not in result.stdout  # no training step ran
+    assert "step " not in printed  # no training step ran
     assert os.listdir(tmp_path) == ["results.txt"] and (tmp_path / "results.txt").read_text() == "earlier results"
 
 
