@@ -236,28 +236,26 @@ def test_a_run_killed_at_a_random_chunk_and_resumed_gives_the_same_results(
 
 
 @pytest.mark.slow
-def test_a_busy_folder_and_a_torn_checkpoint_are_refused_in_one_line(compile_cache, tmp_path):
+def test_a_busy_folder_and_a_torn_checkpoint_are_refused_in_one_line(compile_cache, tmp_path, capsys):
     """A second run into the folder of a live one is refused (exit 2, one line); once the first
     is killed, a truncated checkpoint is refused too, and so is a checkpoint resumed without
-    --resume or with other flags; nothing in the folder is lost."""
+    --resume or with other flags; nothing in the folder is lost. The first run is a program of
+    its own; the refused ones are experiment.main in this process, whose refusals are main's."""
     out = tmp_path / "run"
     first = start(compile_cache, out, "--steps", "200000")  # long: alive while the second starts
-    wait_for(out, "MAML: step", first)
-    second = subprocess.run([sys.executable, "experiment.py", *RUN, "--out", str(out)],
-                            cwd=ROOT, env=experiment_env(compile_cache), capture_output=True,
-                            text=True, timeout=300)
-    alive = first.poll() is None
-    first.kill()
-    first.wait()
-    assert alive and second.returncode == 2 and "another run is writing to" in second.stderr
-    assert len(second.stderr.strip().splitlines()) == 1, second.stderr
 
-    def refusal(*extra):
-        run = subprocess.run([sys.executable, "experiment.py", *extra, "--out", str(out)],
-                             cwd=ROOT, env=experiment_env(compile_cache), capture_output=True,
-                             text=True, timeout=300)
-        assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
-        return run.stderr
+    def refusal(*flags):
+        with pytest.raises(SystemExit) as stop:
+            experiment.main([*flags, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
+        return err
+    try:
+        wait_for(out, "MAML: step", first)
+        assert first.poll() is None and "another run is writing to" in refusal(*RUN)
+    finally:
+        first.kill()
+        first.wait()
     long = (*RUN[:3], "200000", *RUN[4:])
     assert "add --resume" in refusal(*long)
     assert "its steps is 200000, this run's 400" in refusal(*RUN, "--resume")
