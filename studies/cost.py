@@ -1,11 +1,7 @@
 """What a meta-step costs: as the inner steps, the tasks and K grow, and where one step's time
-goes (step_costs, which studies/bench.py runs).
-
-Each size's meta-step (the gradient of the batch MAML loss through S inner steps, a lax.scan, in
-three modes: second order, checkpointed, first order; then Adam) is compiled alone for XLA's count
-of the memory a call holds (memory_analysis), and timed as experiment.py trains (a chunk of steps
-in one lax.scan), the median of interleaved rounds. Writes, in --out: cost.json (every number, the
-command, the environment), then cost.md rendered from it, and cost.png.
+goes (step_costs, which studies/bench.py runs). Each size's meta-step (S inner steps in a lax.scan,
+second order, checkpointed or first order, then Adam) is compiled alone for XLA's count of its
+memory, and timed as experiment.py trains it, in interleaved rounds: cost.json, cost.md, cost.png.
 
     python -m studies.cost                             # the full sweep, some minutes on 2 cores
     python -m studies.cost --quick --out /tmp/cost     # small sizes, seconds: a test
@@ -32,30 +28,25 @@ PAPER = dict(tasks=25, K=10, alpha=0.01, amp_range=(0.1, 5.0))  # the paper's me
 # The sizes: the inner steps at the paper's meta-batch, every tasks x K at S = 1, second order.
 FULL = dict(steps=(1, 2, 5, 10, 20, 50, 100), tasks=(1, 5, 25, 100, 400), ks=(5, 10, 50, 200),
             rounds=7, seconds_per_call=0.25)
-QUICK = dict(steps=(1, 8), tasks=(5, 25), ks=(5, 10), rounds=2, seconds_per_call=0.02)
-
-
-def task_loss(mode, n_steps):
-    """The MAML objective of one task through n_steps inner steps, in one of the MODES."""
-    if mode == "first order":
-        return partial(variants.fo_maml_loss_scan, n_steps=n_steps)
-    return partial(variants.maml_loss_scan, n_steps=n_steps, checkpoint=mode == "checkpointed")
+# Quick: the fewest points every fit needs, (S = 1, 25 tasks, K = 10) in both sweeps.
+QUICK = dict(steps=(1, 2), tasks=(5, 25), ks=(5, 10), rounds=2, seconds_per_call=0.02)
 
 
 def settings(sizes):
     """Every point to measure: which sweep, the mode, S, the tasks per meta-batch and K."""
-    points = [dict(sweep="inner steps", mode=m, S=s, tasks=PAPER["tasks"], K=PAPER["K"])
-              for s in sizes["steps"] for m in MODES]
-    points += [dict(sweep="meta-batch", mode="second order", S=1, tasks=t, K=k)
-               for t in sizes["tasks"] for k in sizes["ks"]]
-    return points
+    return [dict(sweep="inner steps", mode=m, S=s, tasks=PAPER["tasks"], K=PAPER["K"])
+            for s in sizes["steps"] for m in MODES] + [
+        dict(sweep="meta-batch", mode="second order", S=1, tasks=t, K=k)
+        for t in sizes["tasks"] for k in sizes["ks"]]
 
 
 def compile_point(point, seconds_per_call):
-    """The point's meta-step compiled alone, for XLA's count of its memory, and inside
-    experiment.train_chunk for about seconds_per_call (by the median of 3 calls of the step
-    alone, 3 to 1,000 steps), to time it: the memory, the compile time, what measure needs."""
-    step = variants.make_step(task_loss(point["mode"], point["S"]))
+    """The point's step compiled alone (its memory, its compile time), and in train_chunk for
+    about seconds_per_call (3 to 1,000 steps, by 3 calls of it alone): what measure calls."""
+    step = variants.make_step(partial(variants.fo_maml_loss_scan, n_steps=point["S"])
+                              if point["mode"] == "first order" else
+                              partial(variants.maml_loss_scan, n_steps=point["S"],
+                                      checkpoint=point["mode"] == "checkpointed"))
     opt_state = maml.opt_init(maml.net_init(random.PRNGKey(0), (-1, 1))[1])
     batch = maml.sample_tasks(random.PRNGKey(1), point["tasks"], point["K"])
     t0 = time.perf_counter()
@@ -78,18 +69,19 @@ def compile_point(point, seconds_per_call):
 
 
 def measure(points, sizes, log=print):
-    """Every point's memory and compile time, then its time per step: one call of each point per
-    round, the order reversed every other round, so that a busy spell of the machine slows all
-    points of a round rather than all rounds of a point. The median is the point's time."""
-    measured, runs = [], []
+    """Every point's memory, then its time per step, the median of rounds: a call of each a round,
+    every other round reversed (a busy spell slows a round, not a point)."""
+    measured, runs, compiled = [], [], {}
     for point in points:
-        result, run = compile_point(point, sizes["seconds_per_call"])
+        size = tuple(point[k] for k in ("mode", "S", "tasks", "K"))  # in both sweeps: once
+        if size not in compiled:
+            compiled[size] = compile_point(point, sizes["seconds_per_call"])
+            log(f"compiled {point}: {compiled[size][0]}")
+        result, run = compiled[size]
         measured.append(dict(point, **result, ms_rounds=[], finite=True))
         runs.append(run)
-        log(f"compiled {point}: {result}")
     for r in range(sizes["rounds"]):
-        order = range(len(points)) if r % 2 == 0 else reversed(range(len(points)))
-        for i in order:  # one call of a compiled chunk, and whether its losses are finite
+        for i in range(len(points)) if r % 2 == 0 else reversed(range(len(points))):
             chunk, state, keys, steps = runs[i]
             t0 = time.perf_counter()
             losses = np.asarray(chunk(state, keys, steps, PAPER["amp_range"], PAPER["alpha"])[1])
@@ -100,25 +92,20 @@ def measure(points, sizes, log=print):
 
 
 def fit_specs(sizes):
-    """The growth rates to fit: exponents (the slope of log y against log x) from the middle size
-    of each range up (S >= 10, tasks >= 25, K >= 10 in the full sweep), where a step's fixed costs
-    (Adam, the arguments) no longer dominate; per-step costs (the slope of y against S) over the
-    whole range, since they grow linearly."""
+    """The growth rates to fit: exponents (log y against log x) from each range's middle size up,
+    past a step's fixed costs; per-step costs (y against S) over all S, as they grow linearly."""
     upper = {name: sizes[name][(len(sizes[name]) - 1) // 2] for name in ("steps", "tasks", "ks")}
-    specs = [dict(kind=kind, y=y, x="S", where=dict(sweep="inner steps", mode=mode),
-                  x_from=upper["steps"] if kind == "exponent" else sizes["steps"][0])
-             for mode in MODES for kind in ("exponent", "slope") for y in ("temp_bytes", "ms")]
-    for y in ("temp_bytes", "ms"):
-        specs += [dict(kind="exponent", y=y, x="tasks", x_from=upper["tasks"],
-                       where=dict(sweep="meta-batch", K=PAPER["K"])),
-                  dict(kind="exponent", y=y, x="K", x_from=upper["ks"],
-                       where=dict(sweep="meta-batch", tasks=PAPER["tasks"]))]
-    return specs
+    return [dict(kind=kind, y=y, x="S", where=dict(sweep="inner steps", mode=mode),
+                 x_from=upper["steps"] if kind == "exponent" else sizes["steps"][0])
+            for mode in MODES for kind in ("exponent", "slope") for y in ("temp_bytes", "ms")] + [
+        dict(kind="exponent", y=y, x=x, x_from=upper[name], where=dict(sweep="meta-batch", **at))
+        for y in ("temp_bytes", "ms") for x, name, at in (
+            ("tasks", "tasks", {"K": PAPER["K"]}), ("K", "ks", {"tasks": PAPER["tasks"]}))]
 
 
 def fit(spec, points):
-    """A least-squares line through the points the spec selects: its slope in log-log space
-    ("exponent": y grows as x to that power) or in linear space ("slope": y per unit of x)."""
+    """A least-squares line through the spec's points: its slope in log-log ("exponent": y grows
+    as x to that power) or in linear space ("slope": y per unit of x)."""
     chosen = [p for p in select(points, **spec["where"]) if p[spec["x"]] >= spec["x_from"]]
     x, y = (np.array([p[spec[v]] for p in chosen], np.float64) for v in ("x", "y"))
     if spec["kind"] == "exponent":
@@ -148,6 +135,14 @@ def cell(p, arguments=False):
     return f"{preflight.readable(p['temp_bytes'])}{args}, {ms(p['ms'])} ms"
 
 
+def grid(points, row, column, header, arguments=False):
+    """Markdown: the points' cells, a row for each value of `row`, a column for `column`'s."""
+    columns = sorted({p[column] for p in points}, key=MODES.index if column == "mode" else None)
+    return program.table([header[0], *(header[1].format(c) for c in columns)], [
+        [r, *(cell(select(points, **{row: r, column: c})[0], arguments) for c in columns)]
+        for r in sorted({p[row] for p in points})])
+
+
 def steps_table(data):
     """Markdown: temporaries and time per meta-step against S, one column per mode."""
     points = select(data["points"], sweep="inner steps")
@@ -155,41 +150,33 @@ def steps_table(data):
     same = (f"arguments {preflight.readable(fixed[0][0])} and outputs "
             f"{preflight.readable(fixed[0][1])} in every mode and at every S" if len(fixed) == 1
             else "arguments and outputs vary: see cost.json")
-    rows = [[s, *(cell(select(points, S=s, mode=m)[0]) for m in MODES)]
-            for s in sorted({p["S"] for p in points})]
     return (f"**Inner steps** S, {PAPER['tasks']} tasks of K = {PAPER['K']}: XLA's temporaries, "
-            f"and ms per meta-step; {same}.\n\n" + program.table(["S", *MODES], rows))
+            f"and ms per meta-step; {same}.\n\n" + grid(points, "S", "mode", ("S", "{}")))
 
 
 def batch_table(data):
     """Markdown: temporaries, arguments and time per meta-step against tasks and K, at S = 1."""
     points = select(data["points"], sweep="meta-batch")
-    ks = sorted({p["K"] for p in points})
-    rows = [[t, *(cell(select(points, tasks=t, K=k)[0], True) for k in ks)]
-            for t in sorted({p["tasks"] for p in points})]
     return ("**Meta-batch**, second order, S = 1: XLA's temporaries, its arguments (the tasks' "
             "points, the parameters and Adam's state), and ms per meta-step.\n\n"
-            + program.table(["tasks", *(f"K = {k}" for k in ks)], rows))
+            + grid(points, "tasks", "K", ("tasks", "K = {}"), arguments=True))
 
 
 def growth_table(data):
     """Markdown: the fitted exponents and per-step costs, each naming its range."""
     s_from = next(f["x_from"] for f in data["fits"] if f["kind"] == "exponent" and f["x"] == "S")
-
-    def exponent(y, mode):
-        return f"{fitted(data, 'exponent', y, 'S', mode=mode):.2f}"
+    ys = {"temp_bytes": "temporaries", "ms": "time"}
 
     def per_step(y, mode):
         value = fitted(data, "slope", y, "S", mode=mode)
         return preflight.readable(value) if y == "temp_bytes" else f"{ms(value)} ms"
-    ys = (("temp_bytes", "temporaries"), ("ms", "time"))
-    rows = [[f"{name} ∝ S^a, S ≥ {s_from}: a", *(exponent(y, m) for m in MODES)]
-            for y, name in ys]
-    rows += [[f"{name} per inner step", *(per_step(y, m) for m in MODES)] for y, name in ys]
-    batch = [[f"{'temporaries' if f['y'] == 'temp_bytes' else 'time'} ∝ {f['x']}^a, "
-              f"{f['x']} ≥ {f['x_from']}, {'K' if f['x'] == 'tasks' else 'tasks'} = "
-              f"{f['where']['K' if f['x'] == 'tasks' else 'tasks']}", f"{f['value']:.2f}"]
-             for f in data["fits"] if f["x"] in ("tasks", "K")]
+    rows = [[f"{name} ∝ S^a, S ≥ {s_from}: a",
+             *(f"{fitted(data, 'exponent', y, 'S', mode=m):.2f}" for m in MODES)]
+            for y, name in ys.items()]
+    rows += [[f"{name} per inner step", *(per_step(y, m) for m in MODES)] for y, name in ys.items()]
+    batch = [[f"{ys[f['y']]} ∝ {f['x']}^a, {f['x']} ≥ {f['x_from']}, {o} = {f['where'][o]}",
+              f"{f['value']:.2f}"] for f in data["fits"] if f["x"] in ("tasks", "K")
+             for o in ["K" if f["x"] == "tasks" else "tasks"]]
     return ("**Growth**: exponents are least-squares slopes in log-log (y grows as x to that "
             "power) over the upper part of each range; per inner step, the slope of a straight "
             "line through every S.\n\n" + program.table(["", *MODES], rows) + "\n"
@@ -217,21 +204,20 @@ def figure(data, path):
 
     fig = Figure(figsize=(11, 7), layout="constrained")
     axes = fig.subplots(2, 2)
-    ks = sorted({p["K"] for p in select(data["points"], sweep="meta-batch")})
     lines = [(0, "S", dict(sweep="inner steps", mode=m), style, m)
              for m, style in zip(MODES, ("o-", "s--", "^:"))]
-    for column, x, where, style, label in lines + [
-            (1, "tasks", dict(sweep="meta-batch", K=k), "o-", f"K = {k}") for k in ks]:
+    lines += [(1, "tasks", dict(sweep="meta-batch", K=k), "o-", f"K = {k}")
+              for k in sorted({p["K"] for p in select(data["points"], sweep="meta-batch")})]
+    for column, x, where, style, label in lines:
         points = select(data["points"], **where)
         for ax, y, scale in zip(axes[:, column], ("temp_bytes", "ms"), (2 ** -20, 1)):
             ax.plot([p[x] for p in points], [scale * p[y] for p in points], style, label=label)
-    axes[0, 0].set(title=f"inner steps ({PAPER['tasks']} tasks, K = {PAPER['K']})",
-                   ylabel="XLA's temporaries, MiB")
-    axes[1, 0].set(xlabel="inner steps S", ylabel="ms per meta-step")
-    axes[0, 1].set(title="meta-batch (second order, S = 1)")
-    axes[1, 1].set(xlabel="tasks per meta-batch")
-    for ax in axes.flat:
-        ax.set(xscale="log", yscale="log")
+    for ax, labels in zip(axes.flat, [
+            dict(title=f"inner steps ({PAPER['tasks']} tasks, K = {PAPER['K']})",
+                 ylabel="XLA's temporaries, MiB"), dict(title="meta-batch (second order, S = 1)"),
+            dict(xlabel="inner steps S", ylabel="ms per meta-step"),
+            dict(xlabel="tasks per meta-batch")]):
+        ax.set(xscale="log", yscale="log", **labels)
         for axis in (ax.xaxis, ax.yaxis):  # 0.1, 1, 10 rather than 10^-1, 10^0, 10^1
             axis.set_major_formatter(StrMethodFormatter("{x:g}"))
             axis.set_minor_formatter(NullFormatter())

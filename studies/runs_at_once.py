@@ -1,14 +1,8 @@
 """What N runs trained at once (`experiment.py --seeds N`) cost, next to N separate runs.
 
-Each measurement is a fresh `python experiment.py --seeds N --steps S` (the paper's setting,
-evaluated on 600 tasks, its files written to a temporary folder), timed whole from outside, with
-its own steady-state time per meta-step from the results.json it writes. The rest of the wall
-time is the part that does not grow with the steps: start-up, compiling, evaluation, figures. The
-sizes are interleaved over --rounds rounds; the table gives medians, and from the two parts, what
-a full run of 70,000 steps costs at once against N separate runs.
-
-Run from the repository root; it writes the measurements as runs_at_once.json into the --out
-folder (figures), and the table rendered from them beside it, .md:
+Each is a fresh `python experiment.py --seeds N --steps S`, timed whole, with its steady-state
+time per meta-step from its results.json; the rest (start-up, compiling, evaluation, figures) does
+not grow with the steps. From the medians of interleaved rounds: a full run, at once or not.
 
     python -m studies.runs_at_once          # figures/runs_at_once.json and .md
     python -m studies.runs_at_once --sizes 1,16,64 --out /tmp/gpu   # on a GPU
@@ -26,8 +20,7 @@ FULL = 70_000  # the paper's meta-training steps
 
 
 def measure(runs, steps, eval_tasks):
-    """One fresh `experiment.py --seeds RUNS`: the wall seconds of the whole program, and what its
-    results.json says: its steady-state ms per meta-step of all runs, and the device."""
+    """One fresh `experiment.py --seeds RUNS`: its wall seconds, ms per meta-step and device."""
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         done = subprocess.run([sys.executable, "experiment.py", "--seeds", str(runs), "--steps",
@@ -41,40 +34,29 @@ def measure(runs, steps, eval_tasks):
                 device=results["environment"]["device"])
 
 
-def measure_all(sizes, rounds, steps, eval_tasks):
-    """{size: [one measurement per round]}, the sizes interleaved, every other round reversed."""
-    got = {n: [] for n in sizes}
-    for r in range(rounds):
-        for n in sizes if r % 2 == 0 else sizes[::-1]:
-            got[n].append(measure(n, steps, eval_tasks))
+def results(args):
+    """Every size once a round, every other round reversed; then runs_at_once.json: each size's
+    medians, its fixed part (the wall time less the steps'), a full run's estimate, and that
+    against N / n full runs of the first size n, one after another."""
+    got = {n: [] for n in args.sizes}
+    for r in range(args.rounds):
+        for n in args.sizes if r % 2 == 0 else args.sizes[::-1]:
+            got[n].append(measure(n, args.steps, args.eval_tasks))
             print(f"round {r + 1}: {n:>3} runs at once: {got[n][-1]['wall_s']:.1f} s in all, "
                   f"{got[n][-1]['ms_per_step']:.3f} ms per meta-step", flush=True)
-    return got
-
-
-def size_numbers(runs, rounds, steps):
-    """One size's medians, its fixed part (the wall time less the steps' steady-state time) and
-    the estimated time of a full run (the fixed part plus 70,000 steps)."""
-    wall = statistics.median(r["wall_s"] for r in rounds)
-    ms = statistics.median(r["ms_per_step"] for r in rounds)
-    fixed = max(0.0, wall - steps * ms / 1e3)
-    return dict(runs=runs, rounds=rounds, wall_s=wall, ms_per_step=ms, ms_per_run_step=ms / runs,
-                fixed_s=fixed, full_run_s=fixed + FULL * ms / 1e3)
-
-
-def results(got, args):
-    """Everything the run measured, as data: figures/runs_at_once.json. `at_once_over_separately`:
-    a full run of N at once against N / n full runs of the first size n, one after another."""
-    sizes = [size_numbers(n, rounds, args.steps) for n, rounds in got.items()]
-    one = sizes[0]
-    for s in sizes:
-        separately = s["runs"] / one["runs"] * one["full_run_s"]
-        s["at_once_over_separately"] = s["full_run_s"] / separately
-    device = sizes[0]["rounds"][0]["device"]
+    sizes = []
+    for n, rounds in got.items():
+        wall, ms = (statistics.median(r[k] for r in rounds) for k in ("wall_s", "ms_per_step"))
+        fixed = max(0.0, wall - args.steps * ms / 1e3)
+        full = fixed + FULL * ms / 1e3
+        first = sizes[0] if sizes else dict(runs=n, full_run_s=full)
+        sizes.append(dict(runs=n, rounds=rounds, wall_s=wall, ms_per_step=ms,
+                          ms_per_run_step=ms / n, fixed_s=fixed, full_run_s=full,
+                          at_once_over_separately=full / (n / first["runs"] * first["full_run_s"])))
     return dict(command=program.command("studies.runs_at_once", args.argv),
-                environment=program.environment(device), when=program.now(),
-                load_after=program.load(), steps=args.steps, eval_tasks=args.eval_tasks, rounds=args.rounds, full_steps=FULL,
-                sizes=sizes)
+                environment=program.environment(sizes[0]["rounds"][0]["device"]),
+                when=program.now(), load_after=program.load(), steps=args.steps,
+                eval_tasks=args.eval_tasks, rounds=args.rounds, full_steps=FULL, sizes=sizes)
 
 
 def render(data):
@@ -118,8 +100,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    got = measure_all(args.sizes, args.rounds, args.steps, args.eval_tasks)
-    print(program.write(args.out, "runs_at_once", results(got, args), render), end="")
+    print(program.write(args.out, "runs_at_once", results(args), render), end="")
 
 
 if __name__ == "__main__":
