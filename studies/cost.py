@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import jit, lax, random, vmap
-from jax.tree_util import tree_map
 
 import experiment
 import maml
@@ -57,7 +56,7 @@ def compile_point(point, seconds_per_call):
         alone(0, opt_state, *batch, PAPER["alpha"])[1].block_until_ready()
         times.append(time.perf_counter() - t0)
     n = int(np.clip(round(seconds_per_call / statistics.median(times[1:])), 3, 1_000))
-    state = tree_map(lambda a: a[None], opt_state)  # train_chunk's run axis, one run
+    state = jax.tree_util.tree_map(lambda a: a[None], opt_state)  # train_chunk's run axis
     keys = np.asarray(random.split(random.PRNGKey(2), n))[:, None]  # (n, 1 run, 2)
     steps = np.arange(n, dtype=np.int32)
     chunk = experiment.train_chunk.lower(
