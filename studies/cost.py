@@ -128,17 +128,15 @@ def fitted(data, kind, y, x, **where):
     return f["value"]
 
 
-def cell(p, arguments=False):
-    """A point's temporaries (and arguments), and its ms per meta-step."""
-    args = f" ({preflight.readable(p['argument_bytes'])})" if arguments else ""
-    return f"{preflight.readable(p['temp_bytes'])}{args}, {ms(p['ms'])} ms"
-
-
 def grid(points, row, column, header, arguments=False):
-    """Markdown: the points' cells, a row for each value of `row`, a column for `column`'s."""
+    """Markdown: a row for each value of `row`, a column for `column`'s; in a cell, the point's
+    temporaries (and arguments) and ms per meta-step."""
+    def cell(p):
+        args = f" ({preflight.readable(p['argument_bytes'])})" if arguments else ""
+        return f"{preflight.readable(p['temp_bytes'])}{args}, {ms(p['ms'])} ms"
     columns = sorted({p[column] for p in points}, key=MODES.index if column == "mode" else None)
     return program.table([header[0], *(header[1].format(c) for c in columns)], [
-        [r, *(cell(select(points, **{row: r, column: c})[0], arguments) for c in columns)]
+        [r, *(cell(select(points, **{row: r, column: c})[0]) for c in columns)]
         for r in sorted({p[row] for p in points})])
 
 
@@ -304,17 +302,13 @@ def step_table(costs):
                                         for label, key, form in STEP_ROWS], "l" + "r" * len(costs))
 
 
-def parse_args(argv=None):
+def main(argv=None):
     ap = program.parser("python -m studies.cost", __doc__.splitlines()[0], out="figures",
                         what="cost.json, cost.md and cost.png")
     ap.add_argument("--quick", action="store_true", help="small sizes and 2 rounds: a test")
     ap.add_argument("--rounds", type=program.checked(int, lambda v: v >= 1, "a whole number >= 1"),
                     help="interleaved timing rounds (7; quick: 2)")
-    return program.parse(ap, argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
+    args = program.parse(ap, argv)
     sizes = dict(QUICK if args.quick else FULL)
     sizes["rounds"] = args.rounds or sizes["rounds"]  # --rounds given, or the sweep's own
     load_before, t0 = program.load(), time.perf_counter()
