@@ -79,11 +79,11 @@ def render(data):
 
 def sizes(text):
     """--sizes: runs at once, comma-separated whole numbers >= 1 (None if not)."""
-    got = [int(n) for n in text.split(",") if n.strip().isdigit()]
-    return got if len(got) == len(text.split(",")) and min(got) >= 1 else None
+    words = text.split(",")
+    return [int(n) for n in words] if all(n.strip().isdigit() and int(n) for n in words) else None
 
 
-def parse_args(argv=None):
+def main(argv=None):
     ap = program.parser("python -m studies.runs_at_once", __doc__.splitlines()[0], out="figures",
                         what="runs_at_once.json and runs_at_once.md")
     at_least_1 = program.checked(int, lambda n: n >= 1, "an integer >= 1")
@@ -95,11 +95,7 @@ def parse_args(argv=None):
     ap.add_argument("--rounds", type=at_least_1, default=3, help="every size runs once a round (3)")
     ap.add_argument("--eval-tasks", type=program.checked(int, lambda n: n >= 2, "an integer >= 2"),
                     default=600, help="held-out tasks (600)")
-    return program.parse(ap, argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
+    args = program.parse(ap, argv)
     print(program.write(args.out, "runs_at_once", results(args), render), end="")
 
 
