@@ -33,6 +33,18 @@ def pytest_configure(config):
 
 
 @pytest.fixture
+def optimised():
+    """XLA's optimisations on for one test, as a user's programs run: for a claim whose tolerance
+    was measured on the optimised programs (two float32 trajectories of hundreds of steps, whose
+    rounding differs by program). The caches are cleared so that everything compiles anew."""
+    jax.clear_caches()
+    jax.config.update("jax_disable_most_optimizations", False)
+    yield
+    jax.config.update("jax_disable_most_optimizations", True)
+    jax.clear_caches()
+
+
+@pytest.fixture
 def x64():
     """Run a test in float64, so that analytic and finite-difference values compare tightly."""
     with enable_x64(True):

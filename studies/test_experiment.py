@@ -400,10 +400,11 @@ def test_cli_same_seed_prints_the_same_numbers(short_run, compile_cache, tmp_pat
 
 
 @pytest.mark.slow
-def test_maml_and_the_baseline_train_on_their_own_task_streams(short_run):
+def test_maml_and_the_baseline_train_on_their_own_task_streams(short_run, optimised):
     """main trains MAML on the stream of run_keys' second key and the baseline on the third's:
     the training losses it saved (100-step means) are those of train_chunk on exactly those
-    streams, and not of the other one. Float32, compiled apart: 1e-4 relative over 1,000 steps."""
+    streams, and not of the other one. Float32, compiled apart, both optimised: 1e-4 relative
+    over 1,000 steps."""
     result, out = short_run
     saved = np.load(out / "params.npz")
     k_init, k_maml, k_base, _, _ = experiment.run_keys(0, 1)
