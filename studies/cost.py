@@ -140,25 +140,6 @@ def grid(points, row, column, header, arguments=False):
         for r in sorted({p[row] for p in points})])
 
 
-def steps_table(data):
-    """Markdown: temporaries and time per meta-step against S, one column per mode."""
-    points = select(data["points"], sweep="inner steps")
-    fixed = sorted({(p["argument_bytes"], p["output_bytes"]) for p in points})
-    same = (f"arguments {preflight.readable(fixed[0][0])} and outputs "
-            f"{preflight.readable(fixed[0][1])} in every mode and at every S" if len(fixed) == 1
-            else "arguments and outputs vary: see cost.json")
-    return (f"**Inner steps** S, {PAPER['tasks']} tasks of K = {PAPER['K']}: XLA's temporaries, "
-            f"and ms per meta-step; {same}.\n\n" + grid(points, "S", "mode", ("S", "{}")))
-
-
-def batch_table(data):
-    """Markdown: temporaries, arguments and time per meta-step against tasks and K, at S = 1."""
-    points = select(data["points"], sweep="meta-batch")
-    return ("**Meta-batch**, second order, S = 1: XLA's temporaries, its arguments (the tasks' "
-            "points, the parameters and Adam's state), and ms per meta-step.\n\n"
-            + grid(points, "tasks", "K", ("tasks", "K = {}"), arguments=True))
-
-
 def growth_table(data):
     """Markdown: the fitted exponents and per-step costs, each naming its range."""
     s_from = next(f["x_from"] for f in data["fits"] if f["kind"] == "exponent" and f["x"] == "S")
@@ -183,6 +164,11 @@ def growth_table(data):
 def tables(data):
     """cost.md: the conditions in one line, what a point is, then the three tables."""
     (before, *_), (after, *_) = data["load"]  # over the last minute
+    steps, batch = (select(data["points"], sweep=s) for s in ("inner steps", "meta-batch"))
+    fixed = sorted({(p["argument_bytes"], p["output_bytes"]) for p in steps})
+    same = (f"arguments {preflight.readable(fixed[0][0])} and outputs "
+            f"{preflight.readable(fixed[0][1])} in every mode and at every S" if len(fixed) == 1
+            else "arguments and outputs vary: see cost.json")
     return "\n".join([
         f"Measured on {program.environment_text(data['environment'])}; {data['when']}; load "
         f"average (1 min) {before:.2f} before, {after:.2f} after; `{data['command']}`; "
@@ -190,7 +176,12 @@ def tables(data):
         "One meta-step: the gradient of the mean MAML loss of a meta-batch through S inner "
         "steps, then Adam. Memory is XLA's count for one call of the compiled step "
         "(`memory_analysis`); time is per meta-step of a chunk of steps in one `lax.scan`, as "
-        "`experiment.py` trains.", "", steps_table(data), batch_table(data), growth_table(data)])
+        "`experiment.py` trains.", "",
+        f"**Inner steps** S, {PAPER['tasks']} tasks of K = {PAPER['K']}: XLA's temporaries, and "
+        f"ms per meta-step; {same}.\n\n" + grid(steps, "S", "mode", ("S", "{}")),
+        "**Meta-batch**, second order, S = 1: XLA's temporaries, its arguments (the tasks' points, "
+        "the parameters and Adam's state), and ms per meta-step.\n\n"
+        + grid(batch, "tasks", "K", ("tasks", "K = {}"), arguments=True), growth_table(data)])
 
 
 def figure(data, path):
