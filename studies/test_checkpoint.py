@@ -206,7 +206,7 @@ def uninterrupted(tmp_path_factory, compile_cache):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seeds,how", [("1", "SIGKILL"), ("3", "SIGKILL"), ("1", "SIGINT"),
-                                       ("3", "SIGTERM")])
+                                       ("1", "SIGTERM")])  # (three runs cost jax 0.4.29 30 s)
 def test_a_run_killed_at_a_random_chunk_and_resumed_gives_the_same_results(
         seeds, how, uninterrupted, compile_cache, tmp_path):
     """Stopped once the log shows a random chunk of MAML's or the baseline's training done
