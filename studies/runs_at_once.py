@@ -68,7 +68,8 @@ def render(data):
         f"Measured on {program.environment_text(data['environment'])}; {data['when']}; load "
         f"average {'/'.join(f'{x:.2f}' for x in data['load_after'])} after.", "",
         f"Command: `{data['command']}`", "",
-        f"`python experiment.py --seeds N --steps {data['steps']:,}` (paper setting, "
+        f"`python experiment.py --seeds N --steps {data['steps']:,}` (its default, the "
+        f"released code's setting: 25 tasks, K = 10; "
         f"{data['eval_tasks']} held-out tasks), each a fresh process, median of "
         f"{data['rounds']} rounds. The fixed part is the wall time less the steps' "
         f"steady-state time; a full run adds {data['full_steps']:,} steps to it.", "",
