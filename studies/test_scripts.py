@@ -7,6 +7,7 @@ own), and each program's --help in a process of its own:
   eigenvalues of the full Hessian, its count of tasks that ended worse against experiment.py's
   own count, and its JSON against its table;
 - studies.runs_at_once: one measurement per size, consistent with itself;
+- studies.plateau's quick run: every cell of its 2 x 2 and the slow runs trained twice as long;
 - the committed results of runs_at_once, mutation and compare: their tables are rendered from
   their JSON, their commands name no path of the machine they ran on, and the pages state their
   numbers.
@@ -26,7 +27,7 @@ import experiment
 import maml
 from machinery import program
 from studies.conftest import ROOT, cpu_env, numbers_in
-from studies import compare, curvature, mutation, runs_at_once
+from studies import compare, curvature, mutation, plateau, runs_at_once
 
 FIGURES = os.path.join(program.ROOT, "figures")
 
@@ -109,6 +110,23 @@ def test_curvature_json_holds_every_task_and_its_table(curvature_run):
             assert run["counts"]["both"] == sum(steep[w["task"]] for w in worse)
             assert all(w["eigenvalue"] == lam[w["task"]] for w in worse)
     assert text == curvature.render(data)
+
+
+@pytest.mark.slow
+def test_plateau_quick_run_trains_the_open_cells_and_the_slow_runs_twice_as_long(tmp_path):
+    """`python -m studies.plateau --quick` (300 steps, 2 runs a cell, 50 tasks), in this process:
+    the two cells of the 2 x 2 that no setting covers are trained here, the code setting's slow
+    seeds (13 and 16) are trained again for a second block that goes on from the first (through
+    experiment.train's resume, which once broke it unnoticed), and the table is its JSON's."""
+    plateau.main(["--quick", "--out", str(tmp_path)])
+    data = program.read_json(tmp_path / "plateau.json")
+    assert (tmp_path / "plateau.md").read_text() == plateau.render(data)
+    trained = [c for c in data["grid"] if c["source"].startswith("trained here")]
+    assert len(trained) == 2 and all(c["seeds"] == [0, 1] and len(c["k5"]) == 2 for c in trained)
+    code = data["catch_up"]["code"]
+    assert code["seeds"] == [13, 16] and len(code["leaves_plateau"]) == 2
+    assert code["at_70k"] != code["at_140k"]  # the second block trained on
+    assert data["catch_up"]["paper"]["seeds"] == []  # the paper's text has no slow run
 
 
 @pytest.mark.slow
