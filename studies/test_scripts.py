@@ -129,6 +129,23 @@ def test_plateau_quick_run_trains_the_open_cells_and_the_slow_runs_twice_as_long
     assert data["catch_up"]["paper"]["seeds"] == []  # the paper's text has no slow run
 
 
+def test_runs_at_once_sets_each_size_against_as_many_runs_of_the_first_one_by_one(monkeypatch):
+    """With each fresh experiment.py replaced by fixed numbers (a 5 s fixed part, 0.5 ms per step
+    per run), every size in the order given, each its median of 3 rounds: a full run of 4 at once
+    takes 5 + 70,000 x 2 ms = 145 s, and 4 runs of one, 4 x (5 + 35) = 160 s: 145 / 160 exactly."""
+    def fixed(runs, steps, eval_tasks):
+        return dict(wall_s=5.0 + steps * 0.5 * runs / 1e3, ms_per_step=0.5 * runs, device="cpu")
+    monkeypatch.setattr(runs_at_once, "measure", fixed)
+    args = type("Args", (), dict(sizes=[1, 4], rounds=3, steps=1000, eval_tasks=2, argv=[]))
+    data = runs_at_once.results(args)
+    assert [s["runs"] for s in data["sizes"]] == [1, 4]
+    one, four = data["sizes"]
+    assert len(four["rounds"]) == 3 and four["ms_per_run_step"] == pytest.approx(0.5)
+    assert four["fixed_s"] == pytest.approx(5.0) and four["full_run_s"] == pytest.approx(145.0)
+    assert one["at_once_over_separately"] == 1.0
+    assert four["at_once_over_separately"] == pytest.approx(145 / 160, rel=1e-12)
+
+
 @pytest.mark.slow
 def test_runs_at_once_quick_run_measures_each_size(tmp_path):
     """`python -m studies.runs_at_once` for one size, 2 runs at once, of 60 steps on 2 held-out
