@@ -1,5 +1,4 @@
 """The MAML paper's sinusoid regression (section 5.1): MAML against its baseline."""
-import sys
 import time
 from functools import partial
 
@@ -112,13 +111,13 @@ def compile_training(step_fn, params, setup, runs):
 # -8<- [start:train]
 def train(compiled, params, keys, setup, name, log=print, resume=None, at_chunk=None):
     """Train params (run axis first) on keys[r]'s tasks: params, losses (steps, runs),
-    seconds per step. resume=(opt_state, offset[, losses]) goes on after those losses,
+    seconds per step. resume=(opt_state, offset, losses) goes on after those losses,
     steps numbered from offset, and returns the state; at_chunk(state, done, losses)."""
     n_steps, spans = setup["steps"], chunks(setup["steps"])
     all_keys = step_keys(keys, n_steps)  # run r, step i: all_keys[i, r]
-    opt_state, offset, *before = resume or (vmap(opt_init)(params), 0)
-    losses = [np.asarray(prior) for prior in before if len(prior)]
-    done = first = sum(map(len, losses))
+    opt_state, offset, before = resume or (vmap(opt_init)(params), 0, [])
+    losses = [np.asarray(before)] if len(before) else []
+    done = first = len(before)
     t0 = t_steady = time.perf_counter()
     for c, (a, b) in enumerate((a, b) for a, b in spans if b > done):
         if c == 1:  # the first chunk warms up the runtime: time what follows
@@ -126,12 +125,7 @@ def train(compiled, params, keys, setup, name, log=print, resume=None, at_chunk=
         opt_state, chunk_losses = compiled[b - a](opt_state, all_keys[a:b], np.arange(
             offset + a, offset + b, dtype=np.int32), setup["amp_range"], setup["alpha"])
         losses.append(np.asarray(chunk_losses))  # waits for the chunk: honest progress
-        if not np.isfinite(losses[-1]).all():  # exit 1, in one line
-            bad, run = np.argwhere(~np.isfinite(losses[-1]))[0]
-            which = f"{name} (run {run})" if len(keys) > 1 else name
-            sys.exit(f"experiment.py: {which} diverged at step {offset + a + bad} "
-                     f"(loss is {losses[-1][bad, run]}); nothing was written. Try a "
-                     "smaller --alpha.")
+        report.stop_if_diverged(losses[-1], name, offset + a, len(keys))
         report.progress(log, name, (done, b, n_steps), losses[-1], t0,
                         (c + 1) % -(-len(spans) // 20) == 0)  # every 1/20 of the run
         if at_chunk is not None:
@@ -208,10 +202,9 @@ def evaluate(params, setup, args, keys):
                 if name == "MAML" else tune_step_size(params[name], val, k)
             curves[name, k] = run_curves(params[name], test, k, step_sizes[name, k])
     for (name, k), r, diverged in report.most_diverged(curves):
-        sys.exit(f"experiment.py: {name} adaptation (run {r}, step size "
-                 f"{step_sizes[name, k][r]:g}) diverged on {diverged} of "
-                 f"{args.eval_tasks} held-out tasks (K = {k}); nothing was written. "
-                 "Try a smaller --alpha.")
+        report.stop_diverged(f"{name} adaptation (run {r}, step size "
+                             f"{step_sizes[name, k][r]:g}) diverged on {diverged} of "
+                             f"{args.eval_tasks} held-out tasks (K = {k})")
     return test, curves, step_sizes
 # -8<- [end:evaluate]
 
@@ -273,10 +266,8 @@ def train_both(ap, args, setup, init, streams, stopper):
             compiled[name], None, keys, setup, name, resume=(opt_state, 0, done),
             at_chunk=checkpoint.saver(args, mark, saved, name, stopper, setup["steps"]))
         params[name] = get_params(opt_state)
-    ms, n = 1e3 * per_step["MAML"], args.seeds
-    runs = f" of {n} runs, {ms / n:.3f} ms per run-step" * (n > 1)
-    print("meta-training: " + ("resumed, not timed" if np.isnan(ms) else
-          f"{ms:.3f} ms per meta-step{runs} (steady state: compile, first chunk out)"))
+    ms = 1e3 * per_step["MAML"]
+    print(report.speed_line(ms, args.seeds))
     return params, losses, ms
 # -8<- [end:train_both]
 
@@ -288,11 +279,7 @@ def main(argv=None):
 
 
 def run(args, setup, ap, stopper):
-    runs = f"{args.seeds} runs (seeds {args.seed}-{args.seed + args.seeds - 1})" \
-        if args.seeds > 1 else f"seed {args.seed}"
-    print(f"MAML, {args.setup} setup: {setup['steps']:,} steps of {setup['tasks']:,} "
-          f"tasks, K = {setup['k']:,}, alpha = {setup['alpha']:g}, amplitude "
-          f"U{list(setup['amp_range'])}; {runs}; {jax.devices()[0].platform}")
+    print(report.run_line(args, setup, jax.devices()[0].platform))
     k_init, k_maml, k_base, k_val, k_test = run_keys(args.seed, args.seeds)
     with checkpoint.removed_on_failure(args.out):
         init = vmap(INITS[setup["init"]])(k_init)

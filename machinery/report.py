@@ -3,6 +3,7 @@
 the table rendered from that data alone, the figures, whole-or-nothing writes."""
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -12,6 +13,23 @@ from machinery import figures, program
 
 RUNAWAY = 10  # a task "runs away" once its MSE exceeds 10 times its MSE before adapting
 PLATEAU_WINDOW = 100  # training losses are kept, and judged, as means of 100 steps
+
+
+def run_line(args, setup, platform):
+    """The line a run starts with: what it trains, on what, with which seeds."""
+    runs = f"{args.seeds} runs (seeds {args.seed}-{args.seed + args.seeds - 1})" \
+        if args.seeds > 1 else f"seed {args.seed}"
+    return (f"MAML, {args.setup} setup: {setup['steps']:,} steps of {setup['tasks']:,} "
+            f"tasks, K = {setup['k']:,}, alpha = {setup['alpha']:g}, amplitude "
+            f"U{list(setup['amp_range'])}; {runs}; {platform}")
+
+
+def speed_line(ms, runs):
+    """The line after training: its steady ms per meta-step (NaN: resumed, not timed)."""
+    per_run = f" of {runs} runs, {ms / runs:.3f} ms per run-step" * (runs > 1)
+    return "meta-training: " + ("resumed, not timed" if math.isnan(ms) else
+                                f"{ms:.3f} ms per meta-step{per_run} (steady state: "
+                                "compile, first chunk out)")
 
 
 def progress(log, name, steps, losses, t0, due):
@@ -26,6 +44,20 @@ def progress(log, name, steps, losses, t0, due):
 def finite_tasks(mse):
     """The rows (tasks) of an MSE array whose adaptation never overflowed."""
     return mse[np.isfinite(mse).all(axis=1)]
+
+
+def stop_diverged(what):
+    """Exit 1 in one line: a run that diverged writes nothing."""
+    sys.exit(f"experiment.py: {what}; nothing was written. Try a smaller --alpha.")
+
+
+def stop_if_diverged(losses, name, first_step, runs):
+    """stop_diverged if a loss of a chunk (steps, runs) is not finite."""
+    if not np.isfinite(losses).all():
+        bad, run = np.argwhere(~np.isfinite(losses))[0]
+        which = f"{name} (run {run})" if runs > 1 else name
+        stop_diverged(f"{which} diverged at step {first_step + bad} (loss is "
+                      f"{losses[bad, run]})")
 
 
 def most_diverged(curves):
