@@ -25,7 +25,7 @@ def run_line(args, setup, platform):
 
 
 def speed_line(ms, runs):
-    """The line after training: its steady ms per meta-step (NaN: resumed, not timed)."""
+    """The line after training: its steady ms per meta-step (NaN: resumed, untimed)."""
     per_run = f" of {runs} runs, {ms / runs:.3f} ms per run-step" * (runs > 1)
     return "meta-training: " + ("resumed, not timed" if math.isnan(ms) else
                                 f"{ms:.3f} ms per meta-step{per_run} (steady state: "
