@@ -91,10 +91,11 @@ def hooks():
 
 
 def test_docs_holds_the_site_alone_and_no_page_touches_sys_path():
-    """No program under docs/ but the build hooks mkdocs.yml names (the programs live in
-    studies/), and no page or program a reader sees manipulates sys.path."""
+    """No program under docs/ (the studies live in studies/, the build hooks mkdocs.yml names in
+    machinery/), and no page or program a reader sees manipulates sys.path."""
     programs = {p for p in DOCS.rglob("*.py") if "figures" not in p.parts}
-    assert programs <= hooks(), f"a program under docs/: {sorted(map(str, programs - hooks()))}"
+    assert not programs, f"a program under docs/: {sorted(map(str, programs))}"
+    assert hooks() and all(h.is_file() and h.parent.name == "machinery" for h in hooks()), hooks()
     seen = [*pages(), ROOT / "README.md", *ROOT.glob("*.py"), *(ROOT / "studies").glob("*.py")]
     touches = re.compile(r"sys\.path\.(insert|append|extend)|sys\.path\s*(\[|\+=|=)|PYTHONPATH=")
     assert not [p.name for p in seen if touches.search(p.read_text()) and not p.name.startswith("test_")]
