@@ -91,34 +91,41 @@ def run(argv):
     return None if out.returncode else out.stdout
 
 
+def measure_once(key, setting, args):
+    """One fresh process of one implementation, as a user's run is: its ms per step and final
+    loss (None where not a finite number: JSON has none), or None when it failed."""
+    label, command = IMPLS[key]
+    flags = ["--setup", setting] if "{torch}" not in command else [
+        f"--{k.replace('_', '-')}={v}" for k, v in PEER_SETTINGS[setting].items()]
+    words = [c.format(python=sys.executable, torch=args.torch_python, peers=args.peers)
+             for c in command]
+    found = LINE.search(run([*words, *flags, "--steps", str(args.steps)]) or "")
+    if found:
+        print(f"{setting:5s} {label:58s} {found[2]:>8s} ms/step, final loss {found[4]}",
+              flush=True)
+        loss = float(found[4])
+        return dict(ms=float(found[2]), final_loss=loss if math.isfinite(loss) else None)
+
+
 def measure(keys, args):
-    """{key: {setting: [each round's ms per step and final loss, or None]}}, and the loads."""
+    """{key: {setting: [each round's measure_once]}}, and the load before each round and after
+    the last: every other round in reverse order."""
     runs, loads = {key: {s: [] for s in args.settings} for key in keys}, []
     for r in range(args.rounds):
         loads.append(program.load())
         print(f"round {r + 1} of {args.rounds}, load average {loads[-1]}", flush=True)
         for setting, key in itertools.product(args.settings, keys if r % 2 == 0 else keys[::-1]):
-            label, command = IMPLS[key]  # a fresh process, as a user's run is
-            flags = ["--setup", setting] if "{torch}" not in command else [
-                f"--{k.replace('_', '-')}={v}" for k, v in PEER_SETTINGS[setting].items()]
-            found = LINE.search(run([c.format(python=sys.executable, torch=args.torch_python,
-                                              peers=args.peers) for c in command]
-                                    + [*flags, "--steps", str(args.steps)]) or "")
-            if found:
-                print(f"{setting:5s} {label:58s} {found[2]:>8s} ms/step, final loss {found[4]}",
-                      flush=True)
-            runs[key][setting].append(found and dict(ms=float(found[2]), final_loss=float(
-                found[4]) if math.isfinite(float(found[4])) else None))  # JSON has no NaN
+            runs[key][setting].append(measure_once(key, setting, args))
     return runs, loads + [program.load()]
 
 
 def timing(runs):
     """Each round's ms per step and final loss (None: failed); median, min, max of the rest."""
     ms = [r and r["ms"] for r in runs]
-    done = [v for v in ms if v is not None] or None
+    done = [v for v in ms if v is not None]
     return dict(rounds=ms, final_loss=[r and r["final_loss"] for r in runs],
-                median=done and statistics.median(done), min=done and min(done),
-                max=done and max(done))
+                **{name: f(done) if done else None for name, f in
+                   (("median", statistics.median), ("min", min), ("max", max))})
 
 
 def results(args, runs, loads, costs):
