@@ -31,6 +31,13 @@ FULL = dict(steps=(1, 2, 5, 10, 20, 50, 100), tasks=(1, 5, 25, 100, 400), ks=(5,
 QUICK = dict(steps=(1, 2), tasks=(5, 25), ks=(5, 10), rounds=2, seconds_per_call=0.02)
 
 
+def task_loss(mode, n_steps):
+    """The MAML objective of one task through n_steps inner steps, in one of the MODES."""
+    if mode == "first order":
+        return partial(variants.fo_maml_loss_scan, n_steps=n_steps)
+    return partial(variants.maml_loss_scan, n_steps=n_steps, checkpoint=mode == "checkpointed")
+
+
 def settings(sizes):
     """Every point to measure: which sweep, the mode, S, the tasks per meta-batch and K."""
     return [dict(sweep="inner steps", mode=m, S=s, tasks=PAPER["tasks"], K=PAPER["K"])
@@ -42,10 +49,7 @@ def settings(sizes):
 def compile_point(point, seconds_per_call):
     """The point's step compiled alone (its memory, its compile time), and in train_chunk for
     about seconds_per_call (3 to 1,000 steps, by 3 calls of it alone): what measure calls."""
-    step = variants.make_step(partial(variants.fo_maml_loss_scan, n_steps=point["S"])
-                              if point["mode"] == "first order" else
-                              partial(variants.maml_loss_scan, n_steps=point["S"],
-                                      checkpoint=point["mode"] == "checkpointed"))
+    step = variants.make_step(task_loss(point["mode"], point["S"]))
     opt_state = maml.opt_init(maml.net_init(random.PRNGKey(0), (-1, 1))[1])
     batch = maml.sample_tasks(random.PRNGKey(1), point["tasks"], point["K"])
     t0 = time.perf_counter()
@@ -94,12 +98,15 @@ def fit_specs(sizes):
     """The growth rates to fit: exponents (log y against log x) from each range's middle size up,
     past a step's fixed costs; per-step costs (y against S) over all S, as they grow linearly."""
     upper = {name: sizes[name][(len(sizes[name]) - 1) // 2] for name in ("steps", "tasks", "ks")}
-    return [dict(kind=kind, y=y, x="S", where=dict(sweep="inner steps", mode=mode),
-                 x_from=upper["steps"] if kind == "exponent" else sizes["steps"][0])
-            for mode in MODES for kind in ("exponent", "slope") for y in ("temp_bytes", "ms")] + [
-        dict(kind="exponent", y=y, x=x, x_from=upper[name], where=dict(sweep="meta-batch", **at))
-        for y in ("temp_bytes", "ms") for x, name, at in (
-            ("tasks", "tasks", {"K": PAPER["K"]}), ("K", "ks", {"tasks": PAPER["tasks"]}))]
+    specs = [dict(kind=kind, y=y, x="S", where=dict(sweep="inner steps", mode=mode),
+                  x_from=upper["steps"] if kind == "exponent" else sizes["steps"][0])
+             for mode in MODES for kind in ("exponent", "slope") for y in ("temp_bytes", "ms")]
+    for y in ("temp_bytes", "ms"):
+        specs += [dict(kind="exponent", y=y, x="tasks", x_from=upper["tasks"],
+                       where=dict(sweep="meta-batch", K=PAPER["K"])),
+                  dict(kind="exponent", y=y, x="K", x_from=upper["ks"],
+                       where=dict(sweep="meta-batch", tasks=PAPER["tasks"]))]
+    return specs
 
 
 def fit(spec, points):
