@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import jit, lax, random, vmap
-from jax.tree_util import tree_leaves, tree_map, tree_structure
+from jax.tree_util import tree_leaves, tree_map
 
 from machinery import checkpoint, preflight, program, report
 from maml import (get_params, inner_update, loss, net_init, opt_init, opt_update,
@@ -29,10 +29,8 @@ PAPER_MSE_K5 = {"MAML": {1: 0.67, 5: 0.38, 10: 0.35},
 EVAL_KS = (5, 10)  # support points per held-out task at meta-test time, as in the paper
 EVAL_STEPS = (0, 1, 5, 10)  # gradient steps after which the held-out MSE is reported
 DEFAULT = "code"  # in twenty runs, the released code's settings give the paper's table
-# -8<- [end:setups]
 
 
-# -8<- [start:inits]
 def code_init(key):
     """The released code's construct_fc_weights, in net_init's layout (() per Relu)."""
     dense = [(0.01 * random.truncated_normal(k, -2.0, 2.0, s), jnp.zeros(s[1]))
@@ -46,7 +44,7 @@ def stax_init(key):
 
 
 INITS = {"stax": stax_init, "code": code_init}
-# -8<- [end:inits]
+# -8<- [end:setups]
 
 
 # -8<- [start:pretrain]
@@ -109,31 +107,30 @@ def compile_training(step_fn, params, setup, runs):
 
 
 # -8<- [start:train]
-def train(compiled, params, keys, setup, name, log=print, resume=None, at_chunk=None):
-    """Train params (run axis first) on keys[r]'s tasks: params, losses (steps, runs),
-    seconds per step. resume=(opt_state, offset, losses) goes on after those losses,
-    steps numbered from offset, and returns the state; at_chunk(state, done, losses)."""
+def train(compiled, state, keys, setup, name, log=print, resume=(0, ()), at_chunk=None):
+    """Train Adam's state (run axis first) on keys[r]'s tasks: the state, losses (steps,
+    runs), seconds per step. resume=(offset, losses) goes on after those losses, steps
+    numbered from offset; at_chunk(state, done, losses) after each chunk."""
     n_steps, spans = setup["steps"], chunks(setup["steps"])
     all_keys = step_keys(keys, n_steps)  # run r, step i: all_keys[i, r]
-    opt_state, offset, before = resume or (vmap(opt_init)(params), 0, [])
+    offset, before = resume
     losses = [np.asarray(before)] if len(before) else []
     done = first = len(before)
     t0 = t_steady = time.perf_counter()
     for c, (a, b) in enumerate((a, b) for a, b in spans if b > done):
         if c == 1:  # the first chunk warms up the runtime: time what follows
             t_steady, first = time.perf_counter(), a
-        opt_state, chunk_losses = compiled[b - a](opt_state, all_keys[a:b], np.arange(
+        state, chunk_losses = compiled[b - a](state, all_keys[a:b], np.arange(
             offset + a, offset + b, dtype=np.int32), setup["amp_range"], setup["alpha"])
         losses.append(np.asarray(chunk_losses))  # waits for the chunk: honest progress
         report.stop_if_diverged(losses[-1], name, offset + a, len(keys))
         report.progress(log, name, (done, b, n_steps), losses[-1], t0,
                         (c + 1) % -(-len(spans) // 20) == 0)  # every 1/20 of the run
         if at_chunk is not None:
-            at_chunk(opt_state, b, np.concatenate(losses))
+            at_chunk(state, b, np.concatenate(losses))
     took = time.perf_counter() - t_steady
     steady = took / (n_steps - first) if first > done else np.nan
-    trained = get_params(opt_state) if resume is None else opt_state
-    return trained, np.concatenate(losses), steady
+    return state, np.concatenate(losses), steady
 # -8<- [end:train]
 
 
@@ -227,17 +224,15 @@ CODE = [SETUPS, EVAL_KS, EVAL_STEPS, code_init, stax_init, pretrain_loss]
 
 
 # -8<- [start:compile_evaluation]
-def compile_evaluation(setup, args):
-    """The evaluation's programs compiled from shapes: XLA counts their memory first."""
-    key, runs = random.PRNGKey(0), args.seeds
+def compile_evaluation(setup, args, params):
+    """The evaluation's programs compiled for params' runs: XLA counts their memory."""
+    key = random.PRNGKey(0)
     draw = partial(eval_tasks, n_tasks=args.eval_tasks, k=max(EVAL_KS),
                    amp_range=setup["amp_range"])
-    params = jax.eval_shape(vmap(INITS[setup["init"]]), random.split(key, runs))
     curves = vmap(partial(adaptation_curves, n_steps=max(EVAL_STEPS)),
                   in_axes=(0, None, None, None, None, 0))
     return [jit(draw).lower(key).compile(), jit(curves).lower(
-        params, *jax.eval_shape(draw, key),
-        jax.ShapeDtypeStruct((runs,), jnp.float32)).compile()]
+        params, *jax.eval_shape(draw, key), np.ones(args.seeds, np.float32)).compile()]
 # -8<- [end:compile_evaluation]
 
 
@@ -245,25 +240,23 @@ def compile_evaluation(setup, args):
 def train_both(ap, args, setup, init, streams, stopper):
     """Compile, check memory, train both models (from a checkpoint on --resume)."""
     t0, mark = time.perf_counter(), checkpoint.fingerprint(args, setup, CODE)
-    structure = tree_structure(jax.eval_shape(vmap(opt_init), init))
-    saved = checkpoint.open_run(ap.error, args.out, mark, dict(
-        MAML=structure, pretrained=structure), args.resume)
-    preflight.check_tasks(ap.error, args, setup,
-                          max(b - a for a, b in chunks(setup["steps"])))
+    fresh = vmap(opt_init)(init)  # Adam's state at step 0, of both models
+    saved = checkpoint.open_run(ap.error, args.out, mark, fresh, args.resume)
+    preflight.check_tasks(ap.error, args, setup, chunks(setup["steps"])[0][1])
     one = tree_map(lambda a: a[0], init)
     compiled = {name: compile_training(fn, one, setup, args.seeds)
                 for name, fn in (("MAML", step), ("pretrained", pretrain_step))}
     preflight.check_compiled(ap.error, args, setup, [
         c for loops in compiled.values() for c in loops.values()],
-        compile_evaluation(setup, args))
+        compile_evaluation(setup, args, init))
     print(f"compiled in {time.perf_counter() - t0:.1f} s; memory checked")
     stopper.stop_if_asked("experiment.py: stopped before training; nothing was written")
     checkpoint.begin(ap.error, args.out)
     params, losses, per_step = {}, {}, {}
     for name, keys in zip(compiled, streams):
-        opt_state, _, done = saved.get(name, (vmap(opt_init)(init), 0, []))
+        opt_state, _, before = saved.get(name, (fresh, 0, []))
         opt_state, losses[name], per_step[name] = train(
-            compiled[name], None, keys, setup, name, resume=(opt_state, 0, done),
+            compiled[name], opt_state, keys, setup, name, resume=(0, before),
             at_chunk=checkpoint.saver(args, mark, saved, name, stopper, setup["steps"]))
         params[name] = get_params(opt_state)
     ms = 1e3 * per_step["MAML"]
@@ -289,11 +282,10 @@ def run(args, setup, ap, stopper):
     stopper.stop_if_asked(checkpoint.stopped(args, "after training"))
     paper = setup["amp_range"] == SETUPS["paper"]["amp_range"]  # its tasks, its numbers
     results = report.results_data(
-        command=program.command("experiment.py", args.argv),
-        setup_name=args.setup, setup=setup, eval_tasks=args.eval_tasks,
-        eval_steps=EVAL_STEPS, seeds=list(range(args.seed, args.seed + args.seeds)),
-        paper=PAPER_MSE_K5 if paper else None,
-        curves=curves, step_sizes=step_sizes, losses=losses, ms_per_step=ms)
+        command=program.command("experiment.py", args.argv), setup_name=args.setup,
+        setup=setup, eval_tasks=args.eval_tasks, eval_steps=EVAL_STEPS, curves=curves,
+        seeds=list(range(args.seed, args.seed + args.seeds)), step_sizes=step_sizes,
+        paper=PAPER_MSE_K5 if paper else None, losses=losses, ms_per_step=ms)
     table = report.write_run(args.out, params, test, results, losses, jit(
         inner_steps, static_argnames="n_steps"))
     print("\n" + table.split("\n", 1)[1], end="")

@@ -14,7 +14,7 @@ import time
 import zipfile
 
 import numpy as np
-from jax.tree_util import tree_leaves, tree_unflatten
+from jax.tree_util import tree_leaves, tree_structure, tree_unflatten
 
 from machinery.program import command, write_whole
 
@@ -95,9 +95,10 @@ def checksum(arrays):
     return h.hexdigest()
 
 
-def load(folder, fingerprint, structures):
+def load(folder, fingerprint, structure):
     """The progress saved in folder, None without a checkpoint; Refused if it is
-    foreign, truncated or corrupt. structures: each model's opt_state tree structure."""
+    foreign, truncated or corrupt. structure: the tree structure of a model's opt_state
+    (every model's: they are the same network)."""
     path = os.path.join(folder, NAME)
     if not os.path.exists(path):
         return None
@@ -121,7 +122,7 @@ def load(folder, fingerprint, structures):
     progress = {}
     for name, m in meta["models"].items():
         leaves = [arrays[f"{name}/{i}"] for i in range(m["leaves"])]
-        progress[name] = (tree_unflatten(structures[name], leaves), m["done"],
+        progress[name] = (tree_unflatten(structure, leaves), m["done"],
                           arrays[f"{name}/losses"])
     return progress
 
@@ -132,15 +133,16 @@ def remove(folder):
         os.unlink(os.path.join(folder, NAME))
 
 
-def open_run(error, folder, fingerprint, structures, resume):
-    """Before compiling: the progress to resume, {} for a fresh start; error (one line)
-    if a live run holds `folder`, or for a checkpoint that is torn, foreign or unasked
-    (without --resume: a checkpoint is never overwritten)."""
+def open_run(error, folder, fingerprint, fresh, resume):
+    """Before compiling: the progress to resume (its states shaped like `fresh`, a new
+    run's), {} for a fresh start; error (one line) if a live run holds `folder`, or for
+    a checkpoint that is torn, foreign or unasked (without --resume: a checkpoint is
+    never overwritten)."""
     if os.path.isdir(folder) and not lock(folder, hold=False):
         error(f"argument --out: another run is writing to {folder!r} (a live process "
               "holds it); wait for it to end, or choose another --out")
     try:
-        progress = load(folder, fingerprint, structures) or {}
+        progress = load(folder, fingerprint, tree_structure(fresh)) or {}
     except Refused as e:
         error(f"argument --resume: {e}")
     if progress and not resume:

@@ -53,7 +53,7 @@ def worker_train(setup):
     k_init, k_maml = random.split(random.PRNGKey(0), 5)[:2]
     _, init = maml.net_init(k_init, (-1, 1))
     compiled = experiment.compile_training(maml.step, init, setup, runs=1)
-    one_run = jax.tree_util.tree_map(lambda a: a[None], init)  # train() takes a run axis
+    one_run = jax.tree_util.tree_map(lambda a: a[None], maml.opt_init(init))  # a run axis
     _, losses, per_step = experiment.train(compiled, one_run, k_maml[None], setup, "MAML",
                                            log=str)  # quiet: the worker prints one line
     timed = setup["steps"] - experiment.chunks(setup["steps"])[0][1]

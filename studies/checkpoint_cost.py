@@ -34,8 +34,8 @@ def measure(seeds, steps, rounds, every):
         at_chunk = folder and checkpoint.saver(
             SimpleNamespace(out=folder, argv=[], checkpoint_every=every), {"run": "timing"}, {},
             "MAML", checkpoint.Stopper(), steps)
-        return experiment.train(compiled, None, keys[1], setup, "MAML", log=str,
-                                resume=(vmap(maml.opt_init)(init), 0, []), at_chunk=at_chunk)[2]
+        return experiment.train(compiled, vmap(maml.opt_init)(init), keys[1], setup, "MAML",
+                                log=str, at_chunk=at_chunk)[2]
     times, saves = {"without": [], "with": []}, []
     with tempfile.TemporaryDirectory() as folder:
         for r in range(rounds):  # interleaved, the order alternating from round to round

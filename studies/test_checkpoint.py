@@ -35,13 +35,13 @@ def small_progress(runs=2, done=40):
     state = vmap(maml.opt_init)(params)
     state = tree_map(lambda a: a + np.float32(0.25) * np.arange(a.size).reshape(a.shape), state)
     losses = np.random.default_rng(0).random((done, runs), np.float32)
-    return {"MAML": (state, done, losses)}, {"MAML": tree_structure(state)}
+    return {"MAML": (state, done, losses)}, tree_structure(state)
 
 
 def test_save_then_load_gives_back_every_array_exactly(tmp_path):
-    progress, structures = small_progress()
+    progress, structure = small_progress()
     checkpoint.save(tmp_path, MARK, progress)
-    back = checkpoint.load(tmp_path, MARK, structures)
+    back = checkpoint.load(tmp_path, MARK, structure)
     state, done, losses = back["MAML"]
     assert done == 40 and losses.dtype == np.float32
     np.testing.assert_array_equal(losses, progress["MAML"][2])
@@ -55,7 +55,7 @@ def test_save_then_load_gives_back_every_array_exactly(tmp_path):
 def test_a_truncated_or_corrupt_checkpoint_is_refused(tmp_path, damage):
     """Half the file, or one byte changed in the middle (where the arrays are): load refuses it
     with a one-line reason rather than resuming from damaged numbers."""
-    progress, structures = small_progress()
+    progress, structure = small_progress()
     checkpoint.save(tmp_path, MARK, progress)
     path = tmp_path / checkpoint.NAME
     data = bytearray(path.read_bytes())
@@ -65,15 +65,15 @@ def test_a_truncated_or_corrupt_checkpoint_is_refused(tmp_path, damage):
         data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(checkpoint.Refused) as refused:
-        checkpoint.load(tmp_path, MARK, structures)
+        checkpoint.load(tmp_path, MARK, structure)
     assert "corrupt" in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_a_checkpoint_of_other_flags_is_refused_naming_the_difference(tmp_path):
-    progress, structures = small_progress()
+    progress, structure = small_progress()
     checkpoint.save(tmp_path, MARK, progress)
     with pytest.raises(checkpoint.Refused) as refused:
-        checkpoint.load(tmp_path, dict(MARK, seed=1), structures)
+        checkpoint.load(tmp_path, dict(MARK, seed=1), structure)
     assert "its seed is 0, this run's 1" in str(refused.value)
 
 
@@ -94,7 +94,7 @@ def test_a_write_that_dies_midway_leaves_the_previous_checkpoint(tmp_path, monke
     """The new checkpoint is written beside the old one and renamed over it only when whole: a
     write that fails halfway (as a SIGKILL or a full disk would stop it) leaves the old one,
     readable, and no temporary file."""
-    progress, structures = small_progress(done=20)
+    progress, structure = small_progress(done=20)
     checkpoint.save(tmp_path, MARK, progress)
 
     def dies_midway(f, **arrays):
@@ -104,7 +104,7 @@ def test_a_write_that_dies_midway_leaves_the_previous_checkpoint(tmp_path, monke
     with pytest.raises(OSError):
         checkpoint.save(tmp_path, MARK, small_progress(done=40)[0])
     assert os.listdir(tmp_path) == [checkpoint.NAME]
-    assert checkpoint.load(tmp_path, MARK, structures)["MAML"][1] == 20
+    assert checkpoint.load(tmp_path, MARK, structure)["MAML"][1] == 20
 
 
 class Killed(Exception):
@@ -120,23 +120,24 @@ def test_resume_ends_bit_for_bit_and_would_not_with_adams_step_count_restarted(t
     keys = experiment.run_keys(5, 3)
     init = vmap(experiment.stax_init)(keys[0])
     compiled = experiment.compile_training(maml.step, tree_map(lambda a: a[0], init), setup, 3)
-    whole, whole_losses, _ = experiment.train(compiled, init, keys[1], setup, "MAML", log=str)
     fresh = vmap(maml.opt_init)(init)
-    structure = {"MAML": tree_structure(fresh)}
+    whole, whole_losses, _ = experiment.train(compiled, fresh, keys[1], setup, "MAML", log=str)
+    whole = maml.get_params(whole)
+    structure = tree_structure(fresh)
 
     def stop_after_chunk_7(opt_state, done, losses):
         checkpoint.save(tmp_path, MARK, {"MAML": (opt_state, done, losses)})
         if done == 21:
             raise Killed
     with pytest.raises(Killed):
-        experiment.train(compiled, None, keys[1], setup, "MAML", log=str,
-                         resume=(fresh, 0, []), at_chunk=stop_after_chunk_7)
+        experiment.train(compiled, fresh, keys[1], setup, "MAML", log=str,
+                         at_chunk=stop_after_chunk_7)
     state, done, losses = checkpoint.load(tmp_path, MARK, structure)["MAML"]
     assert done == 21 and losses.shape == (21, 3)
 
     def resumed(opt_state, offset):
-        s, l, _ = experiment.train(compiled, None, keys[1], setup, "MAML", log=str,
-                                   resume=(opt_state, offset, losses))
+        s, l, _ = experiment.train(compiled, opt_state, keys[1], setup, "MAML", log=str,
+                                   resume=(offset, losses))
         return tree_leaves(maml.get_params(s)), l
     params, all_losses = resumed(state, 0)
     np.testing.assert_array_equal(all_losses, whole_losses)
