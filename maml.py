@@ -108,7 +108,7 @@ def step(i, opt_state, x1, y1, x2, y2, alpha=ALPHA):
 
 # -8<- [start:main]
 def main(steps=50_000, seed=0):
-    """Meta-train on the paper's tasks (it trains 70,000 steps; 50,000 take half a
+    """Meta-train on the paper's tasks (it trains 70,000 steps; 50,000 take under a
     minute on two CPU cores), then adapt to new tasks with one step."""
     key_init, key_tasks, key_test = random.split(random.PRNGKey(seed), 3)
     opt_state = opt_init(net_init(key_init, (-1, 1))[1])

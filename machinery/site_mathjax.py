@@ -1,10 +1,10 @@
-"""MkDocs hook: serve MathJax from the site itself, so the maths renders with no network.
+"""MkDocs hook: serve MathJax from the site itself, so the maths renders offline.
 
-The files come from the Python package django-static-mathjax (docs/requirements.txt pins it): a
-wheel of MathJax 3.2.2 built from MathJax's source, with no dependencies; Django is not needed to
-use its files.
-Only what the pages load is copied: the TeX-to-CommonHTML bundle and its fonts, which MathJax
-fetches relative to the bundle's own address. Nothing is committed, nothing comes from a CDN.
+The files come from the Python package django-static-mathjax (docs/requirements.txt
+pins it): a wheel of MathJax 3.2.2 built from MathJax's source, with no dependencies;
+Django is not needed to use its files. Only what the pages load is copied: the
+TeX-to-CommonHTML bundle and its fonts, which MathJax fetches relative to the bundle's
+own address. Nothing is committed, nothing comes from a CDN.
 """
 import importlib.util
 import shutil
@@ -14,11 +14,11 @@ from mkdocs.exceptions import PluginError
 
 BUNDLE = "tex-mml-chtml.js"
 FONTS = Path("output", "chtml", "fonts", "woff-v2")
-TARGET = Path("javascripts", "mathjax")  # mkdocs.yml's extra_javascript names TARGET / BUNDLE
+TARGET = Path("javascripts", "mathjax")  # extra_javascript names TARGET / BUNDLE
 
 
 def mathjax_folder():
-    """The es5 folder of the installed MathJax, or a one-line error saying how to install it."""
+    """The es5 folder of the installed MathJax, else a one-line error: how to get it."""
     spec = importlib.util.find_spec("mathjax")
     for root in (spec.submodule_search_locations or []) if spec else []:
         folder = Path(root, "static", "mathjax", "es5")
