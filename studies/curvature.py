@@ -149,17 +149,32 @@ def figures_parser(name, description, what):
     return ap
 
 
+def check_saved(ap, args, setups, files):
+    """Stop in one line (exit 2) unless --figures holds each setup's saved `files`."""
+    for setup in setups:
+        folder = os.path.join(args.figures, setup)
+        missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
+        if missing:
+            ap.error(f"argument --figures: {folder} holds no {missing[0]}; save the runs with "
+                     f"python experiment.py --setup {setup} --out {folder}")
+
+
 def parse_args(argv=None):
     ap = figures_parser("curvature", __doc__.splitlines()[0], "curvature.json and curvature.txt")
-    ap.add_argument("--setups", default="paper,code", help="the setups to measure (paper,code)")
+    ap.add_argument("--setups", default="paper,code", type=program.checked(
+        lambda text: text.split(","), lambda v: set(v) <= set(experiment.SETUPS), "setups of experiment.py, "
+        f"comma-separated ({', '.join(experiment.SETUPS)})"), help="the setups to measure "
+        "(paper,code)")
     ap.add_argument("--tasks", type=program.checked(int, lambda n: n >= 1, "an integer >= 1"),
                     help="only the first N held-out tasks")
-    return program.parse(ap, argv)
+    args = program.parse(ap, argv)
+    check_saved(ap, args, args.setups, ("params.npz", "results.json"))
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    setups = [measure(os.path.join(args.figures, s), args.tasks) for s in args.setups.split(",")]
+    setups = [measure(os.path.join(args.figures, s), args.tasks) for s in args.setups]
     data = dict(command=program.command("studies.curvature", args.argv), setups=setups,
                 environment=program.environment(program.jax_device()), when=program.now(),
                 load=program.load())

@@ -21,7 +21,7 @@ from jax.tree_util import tree_map
 import experiment
 import maml
 from machinery import program, report
-from studies.curvature import figures_parser
+from studies.curvature import check_saved, figures_parser
 from studies.variants import held_out_tasks
 
 SLOW = 5_000  # a run is slow if its training loss leaves the plateau after this step, or never
@@ -173,6 +173,7 @@ def parse_args(argv=None):
     ap = figures_parser("plateau", __doc__.splitlines()[0], "plateau.json and plateau.md")
     ap.add_argument("--quick", action="store_true", help="300 steps, 2 runs a cell, 50 tasks")
     args = program.parse(ap, argv)
+    check_saved(ap, args, ("code", "paper"), ("results.json",))
     args.steps, args.grid_runs, args.eval_tasks = (300, 2, 50) if args.quick else (None, 10, 600)
     return args
 

@@ -13,6 +13,7 @@ own), and each program's --help in a process of its own:
   numbers.
 Speed itself is measured by the programs, never asserted by a test.
 """
+import importlib
 import os
 import re
 import subprocess
@@ -199,10 +200,12 @@ def test_performance_page_states_the_runs_at_once_numbers():
     figures/runs_at_once.json, to the digits the page gives: the range of a run-step's time at 4
     and 16 runs against one run's, the fixed part of one run and of 16 (which grows far slower
     than N: under 5 times one run's for 16 times the runs), and the full-run ratios (at once /
-    separately) of 4 and 16 runs."""
+    separately) of 4 and 16 runs. The Running page states the ratios and the run-step times."""
     data = program.read_json(os.path.join(FIGURES, "runs_at_once.json"))
     with open(os.path.join(program.ROOT, "docs", "performance.md")) as f:
         stated = numbers_in(f.read())
+    with open(os.path.join(program.ROOT, "docs", "running.md")) as f:
+        running = numbers_in(f.read())
     sizes = {s["runs"]: s for s in data["sizes"]}
     assert sorted(sizes) == [1, 4, 16]
     assert sizes[16]["fixed_s"] < 5 * sizes[1]["fixed_s"]
@@ -211,6 +214,7 @@ def test_performance_page_states_the_runs_at_once_numbers():
             f"{sizes[1]['fixed_s']:.0f}", f"{sizes[16]['fixed_s']:.0f}",
             *(f"{sizes[n]['at_once_over_separately']:.2f}" for n in (4, 16))]
     assert set(want) <= stated, set(want) - stated
+    assert set(want[:3] + want[5:]) <= running, set(want[:3] + want[5:]) - running
 
 
 def test_mutation_testing_unrolls_a_decorator_into_the_same_function():
@@ -307,3 +311,22 @@ def test_an_out_that_is_a_file_stops_in_one_line_and_writes_nothing(tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1 and "--out" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+@pytest.mark.parametrize("name, argv, flag", [
+    ("curvature", ["--setups", "foo"], "--setups"),
+    ("curvature", ["--figures", "missing"], "--figures"),
+    ("curvature", ["--setups", "paper,blog"], "--figures"),  # no blog runs are committed
+    ("plateau", ["--figures", "missing"], "--figures")])
+def test_saved_runs_that_are_not_there_stop_in_one_line_naming_the_flag(name, argv, flag, tmp_path,
+                                                                        capsys):
+    """A study of saved runs checks, before it computes anything, that every setup it reads is
+    one of experiment.py's and that --figures holds its saved files: one line, exit 2, no folder
+    made, rather than a traceback from deep inside the study."""
+    study = importlib.import_module(f"studies.{name}")
+    argv = [str(tmp_path / a) if a == "missing" else a for a in argv]
+    with pytest.raises(SystemExit) as stop:
+        study.main([*argv, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and f"argument {flag}:" in err[0], err
+    assert not (tmp_path / "out").exists()
