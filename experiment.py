@@ -1,4 +1,5 @@
-"""The MAML paper's sinusoid regression (section 5.1): MAML against its baseline."""
+"""The MAML paper's sinusoid regression (section 5.1): MAML against its baseline.
+`python experiment.py` trains both, writes runs/SETUP-seedS/; --help lists the flags."""
 import time
 from functools import partial
 
@@ -13,8 +14,7 @@ from maml import (get_params, inner_update, loss, net_init, opt_init, opt_update
                   sample_sinusoids, sample_tasks, step)
 
 # -8<- [start:setups]
-# The MAML paper's text; the authors' released code (github.com/cbfinn/maml), whose
-# inner step size and initialisation differ from the text's; and the 2019 blog post.
+# The paper's text; the authors' released code (github.com/cbfinn/maml); the 2019 blog.
 SETUPS = {
     "paper": dict(amp_range=(0.1, 5.0), k=10, alpha=0.01, tasks=25, steps=70_000,
                   init="stax"),

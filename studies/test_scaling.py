@@ -125,3 +125,21 @@ def test_two_processes_with_half_the_tasks_each_train_like_one_process(tmp_path)
         for j, w in enumerate(want):
             np.testing.assert_allclose(result[f"param_{j}"], w, rtol=RTOL, atol=ATOL,
                                        err_msg=f"parameter {j} of process {p}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv, flag", [
+    (["--coordinator", "nonsense"], "--coordinator"),
+    (["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"],
+     "--process-id"),
+    (["--num-processes", "2", "--process-id", "1"], "--num-processes")])
+def test_a_bad_process_flag_stops_in_one_line_before_joining_anything(argv, flag, tmp_path):
+    """A coordinator that is not host:port, a process id outside 0..N-1, or several processes
+    without a coordinator: one line naming the flag, exit 2, before jax.distributed starts (it
+    would end in a traceback, or run alone as if one process were all)."""
+    run = subprocess.run([sys.executable, "-m", "studies.distributed", *argv, "--out",
+                          str(tmp_path / "out")], cwd=ROOT, env=cpu_env(), capture_output=True,
+                         text=True, timeout=120)
+    err = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(err) == 1 and f"argument {flag}:" in err[0], run.stderr
+    assert not (tmp_path / "out").exists()
