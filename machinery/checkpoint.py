@@ -8,6 +8,8 @@ import hashlib
 import inspect
 import json
 import os
+import re
+import shlex
 import signal
 import sys
 import time
@@ -16,7 +18,7 @@ import zipfile
 import numpy as np
 from jax.tree_util import tree_leaves, tree_structure, tree_unflatten
 
-from machinery.program import command, write_whole
+from machinery.program import write_whole
 
 NAME = "checkpoint.npz"
 
@@ -79,8 +81,9 @@ def saver(args, mark, saved, name, stopper, steps):
 
 
 def stopped(args, where):
-    """The line a stopped run ends with: where, and the command that goes on."""
-    again = command("experiment.py", [*args.argv, "--resume"])
+    """The line a stopped run ends with: where, and the command that goes on, as typed
+    (a recorded command hides this machine's paths; this one is to paste here)."""
+    again = shlex.join(["python", "experiment.py", *args.argv, "--resume"])
     return (f"experiment.py: stopped {where}; the checkpoint in {args.out}/ holds it. "
             f"To go on: {again}")
 
@@ -153,7 +156,9 @@ def open_run(error, folder, fingerprint, fresh, resume):
 
 
 def begin(error, folder):
-    """Make the folder and hold it, just before training (a refusal leaves none)."""
+    """Make the folder and hold it, just before training (a refusal leaves none); then
+    remove the half-written files (write_whole's NAME.PID.part) of a run killed mid-write:
+    no live run writes here now."""
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
@@ -161,6 +166,9 @@ def begin(error, folder):
     if not lock(folder):
         error(f"argument --out: another run is writing to {folder!r} (a live process "
               "holds it)")
+    for name in os.listdir(folder):
+        if re.fullmatch(r".+\.\d+\.part", name):
+            os.unlink(os.path.join(folder, name))
 
 
 def lock(folder, hold=True):

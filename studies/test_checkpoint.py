@@ -10,6 +10,7 @@ environment, and the command's --out, which names the folder) are the only ones 
 import json
 import os
 import random as py_random
+import shlex
 import signal
 import subprocess
 import sys
@@ -105,6 +106,26 @@ def test_a_write_that_dies_midway_leaves_the_previous_checkpoint(tmp_path, monke
         checkpoint.save(tmp_path, MARK, small_progress(done=40)[0])
     assert os.listdir(tmp_path) == [checkpoint.NAME]
     assert checkpoint.load(tmp_path, MARK, structure)["MAML"][1] == 20
+
+
+def test_a_run_removes_the_half_written_files_a_killed_run_left_and_nothing_else(tmp_path):
+    """SIGKILL during a save leaves write_whole's temporary file (NAME.PID.part) beside the last
+    whole checkpoint: the next run into the folder removes it once it holds the folder, and
+    leaves every other file, a .part of someone else's included."""
+    for name in ("checkpoint.npz.4242.part", "results.json.7.part", checkpoint.NAME,
+                 "notes.part", "results.txt"):
+        (tmp_path / name).write_text("x")
+    checkpoint.begin(pytest.fail, str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == sorted([checkpoint.NAME, "notes.part", "results.txt"])
+
+
+def test_the_stop_line_names_the_command_to_paste_with_its_real_folder():
+    """The command that goes on is the one typed, with --resume: its --out is this machine's
+    folder, quoted, not the '<a path>' a recorded command writes for a path outside the repo."""
+    args = experiment.parse_args(["--out", "/tmp/a run", "--steps", "400"])[0]
+    line = checkpoint.stopped(args, "at MAML's step 20")
+    typed = shlex.split(line.split("To go on: ", 1)[1])
+    assert typed == ["python", "experiment.py", "--out", "/tmp/a run", "--steps", "400", "--resume"]
 
 
 class Killed(Exception):
@@ -237,6 +258,7 @@ def test_a_run_killed_at_a_random_chunk_and_resumed_gives_the_same_results(
         (seed, (tmp_path / "run.log").read_text())
     same_results(out, uninterrupted[seeds])
     assert checkpoint.NAME not in os.listdir(out)
+    assert not [f for f in os.listdir(out) if f.endswith(".part")]  # a SIGKILL mid-save's
 
 
 @pytest.mark.slow
