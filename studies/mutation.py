@@ -184,8 +184,29 @@ EQUIVALENT = {
     "experiment.x_tune_step_size__mutmut_17": AS_FLOAT32,
     "experiment.x_evaluate__mutmut_19": MAML_AS_FLOAT64,
     "experiment.x_evaluate__mutmut_22": MAML_AS_FLOAT64,
-    "report.x_run_numbers__mutmut_2": "NumPy's astype(None) is astype(float64), its default type.",
+    "machinery.report.x_run_numbers__mutmut_2": "NumPy's astype(None) is astype(float64), its "
+                                                "default type.",
 }
+# Modules that moved since the committed runs (report.py into machinery/): their mutants' names
+# are read under today's, so that a new run's outcomes line up with the committed runs'.
+MOVED = {"report": "machinery.report"}
+
+
+def current(name):
+    """A mutant's name (MODULE.x_FUNCTION__mutmut_N) with its module's path of today."""
+    module, dot, rest = name.partition(".x_")
+    return MOVED.get(module, module) + dot + rest
+
+
+def migrated(data):
+    """Committed data with every module and mutant under today's names."""
+    def renamed(d):
+        return {current(name): value for name, value in d.items()}
+    runs = {label: dict(run, outcomes=renamed(run["outcomes"]))
+            for label, run in data.get("runs", {}).items()}
+    return dict(data, runs=runs, changes=renamed(data.get("changes", {})),
+                equivalent=renamed(data.get("equivalent", {})),
+                scope={MOVED.get(m, m): names for m, names in data.get("scope", {}).items()})
 
 
 def results(args, old):
@@ -279,6 +300,8 @@ def parse_args(argv=None):
         ap.error("--work and --label are needed, unless --explain-only")
     for folder in ([] if args.explain_only else [args.work, args.work + "-planted"]):
         check_work(ap, folder)
+    if args.explain_only and not os.path.exists(os.path.join(args.out, "mutation.json")):
+        ap.error(f"--explain-only: {args.out} holds no mutation.json to explain")
     if args.summarise_only and not meta_files(args.work):
         ap.error(f"--summarise-only: {args.work} holds no mutmut run to read")
     return args
@@ -298,7 +321,7 @@ def check_work(ap, folder):
 def main(argv=None):
     args = parse_args(argv)
     path = os.path.join(args.out, "mutation.json")
-    old = program.read_json(path) if os.path.exists(path) else {}
+    old = migrated(program.read_json(path)) if os.path.exists(path) else {}
     if args.explain_only:
         print(program.write(args.out, "mutation", dict(old, equivalent=EQUIVALENT), render), end="")
         return
