@@ -528,7 +528,7 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_before_training(argv, flags,
     printed, err = capsys.readouterr()
     assert not (tmp_path / "new").exists()
     lines = err.strip().splitlines()
-    need = [line.split(" available")[0] for line in lines]  # what is free moves between the two
+    need = [line.split(", more than the ")[0] for line in lines]  # what is free moves between the two
     assert len(lines) == 2 and need[0] == need[1], lines
     assert lines[0].startswith(f"experiment.py: error: argument {flags}: "), lines
     assert what in lines[0] and re.search(r"needs (at least )?[\d.]+ TiB \((XLA's count|a chunk's tasks alone)\), "
