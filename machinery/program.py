@@ -12,6 +12,7 @@ import platform
 import re
 import shlex
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # programs run here
 
@@ -83,6 +84,11 @@ def check_out(error, folder):
     if not os.access(path, os.W_OK | os.X_OK):
         error(f"argument --out: cannot write to {folder!r} (no permission to write in "
               f"{path})")
+    try:  # os.access says yes to root anywhere, /proc and read-only mounts included
+        tempfile.TemporaryFile(dir=path).close()  # a file with no name: nothing is left
+    except OSError as e:
+        error(f"argument --out: cannot write to {folder!r} (no file can be made in {path}: "
+              f"{e.strerror})")
 
 
 def command(program, argv, hide=None, env=None):

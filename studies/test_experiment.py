@@ -489,6 +489,17 @@ def test_cli_unwritable_output_folder_stops_with_one_line(tmp_path, compile_cach
     assert blocker.read_text() == "not a folder"
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_out_where_no_file_can_be_made_stops_while_the_flags_parse(capsys):
+    """/proc takes no new file, even from root, for whom os.access says yes to any folder: the
+    flags' check makes a nameless file there to know, and stops in one line (exit 2) before a
+    second of compiling, where the first save would have failed after it."""
+    with pytest.raises(SystemExit) as stop:
+        experiment.parse_args(["--out", "/proc/maml-jax-out"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and "argument --out: cannot write" in err[0]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("alpha,where", [("1e30", "MAML diverged at step 0"),
                                          ("1000", "MAML adaptation (run 0, step size 1000) diverged")])
