@@ -157,8 +157,8 @@ def open_run(error, folder, fingerprint, fresh, resume):
 
 def begin(error, folder):
     """Make the folder and hold it, just before training (a refusal leaves none); then
-    remove the half-written files (write_whole's NAME.PID.part) of a run killed mid-write:
-    no live run writes here now."""
+    remove the half-written files (write_whole's NAME.PID.part) of a run killed
+    mid-write: no live run writes here now."""
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:

@@ -85,10 +85,10 @@ def check_out(error, folder):
         error(f"argument --out: cannot write to {folder!r} (no permission to write in "
               f"{path})")
     try:  # os.access says yes to root anywhere, /proc and read-only mounts included
-        tempfile.TemporaryFile(dir=path).close()  # a file with no name: nothing is left
+        tempfile.TemporaryFile(dir=path).close()  # a file with no name: none is left
     except OSError as e:
-        error(f"argument --out: cannot write to {folder!r} (no file can be made in {path}: "
-              f"{e.strerror})")
+        error(f"argument --out: cannot write to {folder!r} (no file can be made in "
+              f"{path}: {e.strerror})")
 
 
 def command(program, argv, hide=None, env=None):

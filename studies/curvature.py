@@ -161,10 +161,12 @@ def check_saved(ap, args, setups, files):
 
 def parse_args(argv=None):
     ap = figures_parser("curvature", __doc__.splitlines()[0], "curvature.json and curvature.txt")
-    ap.add_argument("--setups", default="paper,code", type=program.checked(
-        lambda text: text.split(","), lambda v: set(v) <= set(experiment.SETUPS), "setups of experiment.py, "
-        f"comma-separated ({', '.join(experiment.SETUPS)})"), help="the setups to measure "
-        "(paper,code)")
+    names = ", ".join(experiment.SETUPS)
+    known = program.checked(lambda text: text.split(","),
+                            lambda v: set(v) <= set(experiment.SETUPS),
+                            f"setups of experiment.py, comma-separated ({names})")
+    ap.add_argument("--setups", default="paper,code", type=known,
+                    help="the setups to measure (paper,code)")
     ap.add_argument("--tasks", type=program.checked(int, lambda n: n >= 1, "an integer >= 1"),
                     help="only the first N held-out tasks")
     args = program.parse(ap, argv)
