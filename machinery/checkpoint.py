@@ -8,7 +8,6 @@ import hashlib
 import inspect
 import json
 import os
-import re
 import shlex
 import signal
 import sys
@@ -18,7 +17,7 @@ import zipfile
 import numpy as np
 from jax.tree_util import tree_leaves, tree_structure, tree_unflatten
 
-from machinery.program import write_whole
+from machinery.program import remove_torn, write_whole
 
 NAME = "checkpoint.npz"
 
@@ -166,9 +165,7 @@ def begin(error, folder):
     if not lock(folder):
         error(f"argument --out: another run is writing to {folder!r} (a live process "
               "holds it)")
-    for name in os.listdir(folder):
-        if re.fullmatch(r".+\.\d+\.part", name):
-            os.unlink(os.path.join(folder, name))
+    remove_torn(folder)
 
 
 def lock(folder, hold=True):

@@ -81,10 +81,7 @@ def check_out(error, folder):
     if not os.path.isdir(path):
         error(f"argument --out: cannot write to {folder!r} ({path} is a file, not a "
               "folder)")
-    if not os.access(path, os.W_OK | os.X_OK):
-        error(f"argument --out: cannot write to {folder!r} (no permission to write in "
-              f"{path})")
-    try:  # os.access says yes to root anywhere, /proc and read-only mounts included
+    try:  # a real file, not os.access: that says yes to root anywhere, /proc included
         tempfile.TemporaryFile(dir=path).close()  # a file with no name: none is left
     except OSError as e:
         error(f"argument --out: cannot write to {folder!r} (no file can be made in "
@@ -202,6 +199,14 @@ def write_whole(path, write):
             os.unlink(tmp)
         raise
 # -8<- [end:write_whole]
+
+
+def remove_torn(folder):
+    """Remove what write_whole left half-written in `folder` (NAME.PID.part) when its
+    process was killed mid-write: only where no live process writes there."""
+    for name in os.listdir(folder):
+        if re.fullmatch(r".+\.\d+\.part", name):
+            os.unlink(os.path.join(folder, name))
 
 
 def write_text(path, text):
