@@ -29,20 +29,21 @@ def measure(seeds, steps, rounds, every):
     init = vmap(experiment.code_init)(keys[0])
     compiled = experiment.compile_training(maml.step, tree_map(lambda a: a[0], init), setup,
                                            seeds)
+    fresh = vmap(maml.opt_init)(init)  # every training's start (train copies, never mutates)
 
     def timed(folder):  # s per meta-step as train reports it; checkpoints into folder, if any
         at_chunk = folder and checkpoint.saver(
             SimpleNamespace(out=folder, argv=[], checkpoint_every=every), {"run": "timing"}, {},
             "MAML", checkpoint.Stopper(), steps)
-        return experiment.train(compiled, vmap(maml.opt_init)(init), keys[1], setup, "MAML",
-                                log=str, at_chunk=at_chunk)[2]
+        return experiment.train(compiled, fresh, keys[1], setup, "MAML", log=str,
+                                at_chunk=at_chunk)[2]
     times, saves = {"without": [], "with": []}, []
     with tempfile.TemporaryDirectory() as folder:
         for r in range(rounds):  # interleaved, the order alternating from round to round
             for way in (("without", "with") if r % 2 == 0 else ("with", "without")):
                 times[way].append(timed(folder if way == "with" else None))
         size = os.path.getsize(os.path.join(folder, checkpoint.NAME))
-        whole = (vmap(maml.opt_init)(init), 70_000, np.zeros((70_000, seeds), np.float32))
+        whole = (fresh, 70_000, np.zeros((70_000, seeds), np.float32))
         for _ in range(15):
             t0 = time.perf_counter()
             checkpoint.save(folder, {"run": "timing"}, {"MAML": whole, "pretrained": whole})
