@@ -217,6 +217,15 @@ def test_every_code_block_written_on_a_page_fits_the_code_column():
     assert not too_wide, "\n".join(too_wide)
 
 
+def test_no_text_in_a_pages_maths_escapes_an_underscore():
+    r"""MathJax sets \text{...} as plain text, where \_ is no command: "example\_libraries"
+    shows its backslash. The build cannot see it (MathJax runs in the browser); a name with an
+    underscore goes in \mathtt{...}, which is maths, where \_ is the underscore."""
+    escaped = [f"{page.relative_to(ROOT)}: {m}" for page in pages()
+               for m in re.findall(r"\\text\{[^{}]*\\_[^{}]*\}", page.read_text())]
+    assert not escaped, "\n".join(escaped)
+
+
 def test_the_running_page_lists_exactly_the_keys_of_results_json():
     """The table of results.json's keys on docs/running.md names every top-level key of the
     committed default run's results.json, and no other."""
