@@ -4,6 +4,7 @@ Derivatives are checked in float64 (enable_x64) against analytic values and cent
 differences; float32 is used only where the claim is about what the program does by default.
 """
 import ast
+import importlib.util
 import io
 import math
 import os
@@ -258,6 +259,37 @@ def test_step_lowers_the_meta_loss_of_its_batch(network_and_tasks):
     for i in range(1, 20):
         state, after = maml.step(i, state, *batch, 0.01)
     assert after < 0.9 * before
+
+
+def fresh_maml():
+    """maml.py imported anew, as in a new process: a module of its own, whose jitted step has
+    not been traced yet."""
+    spec = importlib.util.spec_from_file_location("fresh_maml", os.path.join(HERE, "maml.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_network_rebound_before_steps_first_call_is_used_and_one_rebound_after_is_not():
+    """The README's ways to put in one's own network: edit the net_apply line, or rebind
+    maml.net_apply before the first call of step. Rebound to a network that predicts 0, whose
+    meta-loss is the mean of y2 squared, step returns that loss (float32: to 1e-6). step's first
+    call traced it and compiled what it traced: rebound back to the ReLU network, step still
+    returns the zero network's loss, bit for bit, while batch_maml_loss, not jitted, looks
+    net_apply up at each call and gives the ReLU network's (5% away here)."""
+    m = fresh_maml()
+    relu_apply = m.net_apply
+    params = m.net_init(random.PRNGKey(0), (-1, 1))[1]
+    state = m.opt_init(params)
+    batch = m.sample_tasks(random.PRNGKey(1), 4, 10)
+    zero_net_loss = float(np.mean(np.asarray(batch[3], np.float64) ** 2))
+    m.net_apply = lambda params, x: jnp.zeros_like(x)
+    _, first = m.step(0, state, *batch)
+    assert float(first) == pytest.approx(zero_net_loss, rel=1e-6)
+    m.net_apply = relu_apply
+    _, later = m.step(0, state, *batch)
+    assert float(later) == float(first)
+    assert float(m.batch_maml_loss(params, *batch)) != pytest.approx(zero_net_loss, rel=0.01)
 
 
 @pytest.mark.slow
