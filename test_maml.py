@@ -4,7 +4,9 @@ Derivatives are checked in float64 (enable_x64) against analytic values and cent
 differences; float32 is used only where the claim is about what the program does by default.
 """
 import ast
+import importlib.util
 import io
+import math
 import os
 import re
 import shutil
@@ -17,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import grad, jit, random, vmap
+from jax.scipy.special import gammaincc
 from jax.tree_util import tree_leaves, tree_map
 
 import maml
@@ -258,6 +261,37 @@ def test_step_lowers_the_meta_loss_of_its_batch(network_and_tasks):
     assert after < 0.9 * before
 
 
+def fresh_maml():
+    """maml.py imported anew, as in a new process: a module of its own, whose jitted step has
+    not been traced yet."""
+    spec = importlib.util.spec_from_file_location("fresh_maml", os.path.join(HERE, "maml.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_network_rebound_before_steps_first_call_is_used_and_one_rebound_after_is_not():
+    """The README's ways to put in one's own network: edit the net_apply line, or rebind
+    maml.net_apply before the first call of step. Rebound to a network that predicts 0, whose
+    meta-loss is the mean of y2 squared, step returns that loss (float32: to 1e-6). step's first
+    call traced it and compiled what it traced: rebound back to the ReLU network, step still
+    returns the zero network's loss, bit for bit, while batch_maml_loss, not jitted, looks
+    net_apply up at each call and gives the ReLU network's (5% away here)."""
+    m = fresh_maml()
+    relu_apply = m.net_apply
+    params = m.net_init(random.PRNGKey(0), (-1, 1))[1]
+    state = m.opt_init(params)
+    batch = m.sample_tasks(random.PRNGKey(1), 4, 10)
+    zero_net_loss = float(np.mean(np.asarray(batch[3], np.float64) ** 2))
+    m.net_apply = lambda params, x: jnp.zeros_like(x)
+    _, first = m.step(0, state, *batch)
+    assert float(first) == pytest.approx(zero_net_loss, rel=1e-6)
+    m.net_apply = relu_apply
+    _, later = m.step(0, state, *batch)
+    assert float(later) == float(first)
+    assert float(m.batch_maml_loss(params, *batch)) != pytest.approx(zero_net_loss, rel=0.01)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(1, 6))
 def test_200_steps_lower_the_one_step_query_loss_of_new_tasks_whatever_the_seeds(seed):
@@ -276,8 +310,12 @@ def test_200_steps_lower_the_one_step_query_loss_of_new_tasks_whatever_the_seeds
 # ---- the task sampler --------------------------------------------------------------------------
 
 def fit_sinusoid(x, y):
-    """A sin(x + phase) = (A cos phase) sin x + (A sin phase) cos x: linear least squares finds it."""
-    (a, b), *_ = np.linalg.lstsq(np.stack([np.sin(x), np.cos(x)], axis=1), y, rcond=None)
+    """A sin(x + phase) = (A cos phase) sin x + (A sin phase) cos x: linear least squares
+    finds it, in float64, for one task's points x, y of shape (k,) or many tasks' (n, k)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    m = np.stack([np.sin(x), np.cos(x)], axis=-1)
+    mt = np.swapaxes(m, -1, -2)
+    a, b = np.moveaxis(np.linalg.solve(mt @ m, mt @ y[..., None])[..., 0], -1, 0)
     return np.hypot(a, b), np.arctan2(b, a), (a, b)
 
 
@@ -327,6 +365,155 @@ def test_sample_tasks_is_jittable_and_vmappable_over_keys():
 
 
 
+# ---- the task sampler's joint law --------------------------------------------------------------
+# The tests above check each number's law alone. They pass a sampler whose phase is a function of
+# the amplitude, whose inputs follow the phase, whose query points are its support points, or
+# whose tasks are all one task. The claims below are about the joint law: some of the numbers
+# drawn are independent, each uniform on its range. Mapped to [0, 1) by those ranges, N draws of
+# them are tested by two statistics with known laws under the claim:
+#  - Pearson's chi-square on a grid (10 x 10 for two numbers, 5 x 5 x 5 for three), against
+#    N / cells draws in each cell: chi-square with cells - 1 degrees of freedom, at least 100
+#    draws expected in each cell. It sees a dependence of any shape: a phase that is any
+#    function of the amplitude puts every draw on one curve;
+#  - Spearman's rank correlation with the margins known, r = 12 mean((U - 1/2)(V - 1/2)): mean 0
+#    and variance 1 / N exactly, sqrt(N) r normal (a mean of bounded, symmetric terms). It sees a
+#    weak monotone dependence that the grid spreads over many cells.
+# With a fixed key each test is deterministic. With a random key, each check fails with
+# probability FALSE_ALARM. jax < 0.5 draws other bits from the same key, so each CI corner is a
+# fresh draw. The 44 checks below fail a run with probability at most 44 x 5e-7 = 2.2e-5 (union
+# bound), 4.4e-5 for CI's two corners. Smallest dependence detected with power > 0.999, at
+# N = 20,000 tasks (10,000 pairs of tasks): a rank correlation of 0.058 (0.082); on the 10 x 10
+# grid, Cohen's w = sqrt(sum (p - q)^2 / q) of 0.092 (0.13), e.g. two numbers equal in 3.1% (4.3%)
+# of tasks, w = 3 x that share; on the 5 x 5 x 5 grid, w = 0.096. (Noncentral chi-square and
+# normal powers, computed with scipy.stats, which the tests do not need.)
+FALSE_ALARM = 5e-7
+N_TASKS = 20_000  # tasks in each draw
+K = 5  # support points, and query points, of each task
+
+
+def uniform_scores(values, low, high):
+    """Draws from U[low, high) mapped to [0, 1); a value a rounding error outside stays inside."""
+    scores = (np.asarray(values, np.float64) - low) / (high - low)
+    return np.clip(scores, 0.0, 1.0 - 1e-12)
+
+
+def scores(amp, phase, x):
+    """n tasks' amplitudes (n,), phases (n,) and inputs (n, m, 1), each mapped to [0, 1) by
+    its range. A phase recovered a rounding error below 0 stays at 0 rather than wrap round."""
+    phase = np.mod(phase + np.pi / 2, 2 * np.pi) - np.pi / 2
+    return dict(amp=uniform_scores(amp, *maml.AMP_RANGE),
+                phase=uniform_scores(phase, *maml.PHASE_RANGE),
+                x=uniform_scores(np.asarray(x)[..., 0], *maml.X_RANGE))
+
+
+def sinusoid_draws(key):
+    """sample_sinusoids' tasks: A sin phase and A cos phase read off each task's function at
+    x = 0 and pi/2, and its 2K inputs."""
+    sinusoid, x = maml.sample_sinusoids(key, N_TASKS, 2 * K)
+    a_sin = np.ravel(sinusoid(jnp.zeros((N_TASKS, 1, 1))))
+    a_cos = np.ravel(sinusoid(jnp.full((N_TASKS, 1, 1), jnp.pi / 2)))
+    return scores(np.hypot(a_sin, a_cos), np.arctan2(a_sin, a_cos), x)
+
+
+def task_draws(key):
+    """sample_tasks' tasks: amplitude and phase fitted to each task's K support points, and its
+    inputs, support then query."""
+    x1, y1, x2, _ = maml.sample_tasks(key, N_TASKS, K)
+    amp, phase, _ = fit_sinusoid(x1[..., 0], y1[..., 0])
+    return scores(amp, phase, np.concatenate([x1, x2], axis=1))
+
+
+DRAWS = {"sample_sinusoids": sinusoid_draws, "sample_tasks": task_draws}
+
+
+def chi_square_p(*columns, bins):
+    """The p-value of Pearson's chi-square of N draws of len(columns) numbers in [0, 1) against
+    the uniform law on the cube, on a grid of `bins` per side: the upper tail of chi-square with
+    cells - 1 degrees of freedom (gammaincc, the regularised upper incomplete gamma function)."""
+    counts, _ = np.histogramdd(np.stack(columns, axis=1), bins=bins,
+                               range=[(0.0, 1.0)] * len(columns))
+    expected = len(columns[0]) / counts.size
+    statistic = np.sum((counts - expected) ** 2) / expected
+    return float(gammaincc((counts.size - 1) / 2, statistic / 2))
+
+
+def assert_independent(u, v, what):
+    """u and v, N draws each in [0, 1): independent and uniform, by both statistics."""
+    p = chi_square_p(u, v, bins=10)
+    assert p > FALSE_ALARM, f"{what}: chi-square p-value {p:.1e}"
+    rho = 12 * np.mean((u - 0.5) * (v - 0.5))
+    p = math.erfc(abs(rho) * math.sqrt(len(u)) / math.sqrt(2))
+    assert p > FALSE_ALARM, f"{what}: rank correlation {rho:.3f}, p-value {p:.1e}"
+
+
+def two_positions(n, m):
+    """For task t, two distinct positions among its m inputs, going through every ordered
+    pair in turn: a tie between any two of a task's inputs shows in n / (m (m - 1)) tasks."""
+    t = np.arange(n)
+    return t % m, (t % m + 1 + t // m % (m - 1)) % m
+
+
+def assert_independent_tasks(a, b):
+    """Task t of draws a and task t of draws b: independent, number by number (amplitudes,
+    phases, and the inputs at position t mod m)."""
+    n, m = a["x"].shape
+    at = (np.arange(n), np.arange(n) % m)
+    assert_independent(a["amp"], b["amp"], "two tasks' amplitudes")
+    assert_independent(a["phase"], b["phase"], "two tasks' phases")
+    assert_independent(a["x"][at], b["x"][at], "two tasks' inputs")
+
+
+@pytest.mark.parametrize("draws", DRAWS.values(), ids=DRAWS)
+def test_amplitude_phase_and_each_input_of_a_task_are_independent(draws):
+    """Within each of 20,000 tasks: amplitude, phase and an input (each position in turn), two
+    by two and all three at once; and two of the task's inputs (each pair in turn)."""
+    d = draws(random.PRNGKey(8))
+    n, m = d["x"].shape
+    first, second = two_positions(n, m)
+    x, other_x = d["x"][np.arange(n), first], d["x"][np.arange(n), second]
+    assert_independent(d["amp"], d["phase"], "amplitude and phase")
+    assert_independent(d["amp"], x, "amplitude and an input")
+    assert_independent(d["phase"], x, "phase and an input")
+    assert_independent(x, other_x, "two inputs of a task")
+    p = chi_square_p(d["amp"], d["phase"], x, bins=5)
+    assert p > FALSE_ALARM, f"amplitude, phase and an input: chi-square p-value {p:.1e}"
+
+
+@pytest.mark.parametrize("draws", DRAWS.values(), ids=DRAWS)
+def test_the_tasks_of_a_meta_batch_are_independent(draws):
+    """Tasks 0, 2, 4, ... against tasks 1, 3, 5, ...: 10,000 pairs of neighbours, each pair
+    independent of the others under the claim. A batch of one task repeated, or of tasks
+    that share a draw with their neighbour, fails."""
+    d = draws(random.PRNGKey(9))
+    assert_independent_tasks({k: v[0::2] for k, v in d.items()},
+                             {k: v[1::2] for k, v in d.items()})
+
+
+@pytest.mark.parametrize("draws", DRAWS.values(), ids=DRAWS)
+def test_two_keys_give_independent_meta_batches(draws):
+    """Two keys split from one, as the training loops make them: task t of one meta-batch is
+    independent of task t of the other. A sampler that draws part of a task from a fixed key
+    fails."""
+    key_a, key_b = random.split(random.PRNGKey(10))
+    assert_independent_tasks(draws(key_a), draws(key_b))
+
+
+def test_support_and_query_points_are_distinct_draws_of_one_task():
+    """One task: every query point of 20,000 tasks lies on the sinusoid fitted to the task's
+    support points (float32 sin at |y| <= 5 errs by ~1e-6, more where a task's support points
+    fix the fit badly: seen at most 1.5e-5 over 300 keys; a query point of another sinusoid
+    misses by ~1). Distinct draws: a query input (each position in turn) is independent of a
+    support input (each position in turn)."""
+    x1, y1, x2, y2 = (np.asarray(a)[..., 0] for a in maml.sample_tasks(random.PRNGKey(11),
+                                                                          N_TASKS, K))
+    _, _, (a, b) = fit_sinusoid(x1, y1)
+    on_fit = a[:, None] * np.sin(x2) + b[:, None] * np.cos(x2)
+    np.testing.assert_allclose(on_fit, y2, atol=1e-3)
+    t = np.arange(N_TASKS)
+    support = uniform_scores(x1[t, t % K], *maml.X_RANGE)
+    query = uniform_scores(x2[t, t // K % K], *maml.X_RANGE)
+    assert_independent(support, query, "a support input and a query input")
+
 
 # ---- maml.py on its own ------------------------------------------------------------------------
 
@@ -371,8 +558,10 @@ def test_maml_py_alone_in_an_empty_folder_meta_trains_and_adapts(tmp_path):
     shutil.copy(os.path.join(HERE, "maml.py"), tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(JAX_PLATFORMS="cpu")
+    # The time limit bounds a hang, not the speed: 1,000 steps take seconds alone, and half an
+    # hour leaves a busy machine all the slack it needs.
     run = subprocess.run([sys.executable, "-c", "import maml; maml.main(steps=1000)"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stderr[-3000:]
     assert set(os.listdir(tmp_path)) <= {"maml.py", "__pycache__"}  # it needed nothing else and wrote nothing
     lines = run.stdout.splitlines()

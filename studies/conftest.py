@@ -20,6 +20,12 @@ except ImportError:
     from jax.experimental import enable_x64
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: every program runs from here
+# How long a test waits for a program it starts before calling it hung: a bound on a hang, never
+# a measure of speed, so that no test fails because the machine is busy. Half an hour is some 35
+# times the README's `python maml.py` alone (50,000 steps in 52 s, figures/maml.txt), the
+# longest program the tests start; one stuck for good fails its test instead of holding the
+# suite for ever.
+HANG_S = 1800
 
 
 def pytest_configure(config):

@@ -24,7 +24,7 @@ from jax.tree_util import tree_leaves, tree_map, tree_structure
 import experiment
 import maml
 from machinery import checkpoint
-from studies.conftest import ROOT, experiment_env
+from studies.conftest import HANG_S, ROOT, experiment_env
 
 MARK = {"seed": 0, "steps": 60}
 
@@ -199,7 +199,7 @@ def start(cache, out, *extra):
                             cwd=ROOT, env=experiment_env(cache), stdout=log, stderr=log)
 
 
-def wait_for(out, text, process, timeout=300):
+def wait_for(out, text, process, timeout=HANG_S):
     """Wait until the run's log holds `text` (or the run ends)."""
     path, end = out.parent / f"{out.name}.log", time.monotonic() + timeout
     while text not in path.read_text() and process.poll() is None:
@@ -222,7 +222,7 @@ def uninterrupted(tmp_path_factory, compile_cache):
     out = {}
     for seeds in ("1", "3"):
         out[seeds] = tmp_path_factory.mktemp("whole") / f"seeds{seeds}"
-        assert start(compile_cache, out[seeds], "--seeds", seeds).wait(timeout=600) == 0
+        assert start(compile_cache, out[seeds], "--seeds", seeds).wait(timeout=HANG_S) == 0
     return out
 
 
@@ -243,7 +243,7 @@ def test_a_run_killed_at_a_random_chunk_and_resumed_gives_the_same_results(
     run = start(compile_cache, out, "--seeds", seeds)
     wait_for(out, f"{name}: step {step:>7,}/400", run)
     run.send_signal(getattr(signal, how))
-    code = run.wait(timeout=300)
+    code = run.wait(timeout=HANG_S)
     log = (tmp_path / "run.log").read_text()
     if how == "SIGKILL":
         assert code == -signal.SIGKILL, log
@@ -254,7 +254,7 @@ def test_a_run_killed_at_a_random_chunk_and_resumed_gives_the_same_results(
         last = log.splitlines()[-1]
         assert last.startswith(("experiment.py: stopped at ", "experiment.py: stopped after "
                                 "training")) and last.endswith("--resume"), log
-    assert start(compile_cache, out, "--seeds", seeds, "--resume").wait(timeout=600) == 0, \
+    assert start(compile_cache, out, "--seeds", seeds, "--resume").wait(timeout=HANG_S) == 0, \
         (seed, (tmp_path / "run.log").read_text())
     same_results(out, uninterrupted[seeds])
     assert checkpoint.NAME not in os.listdir(out)

@@ -24,7 +24,7 @@ import pytest
 import experiment
 from machinery.preflight import readable as size
 from studies import cost
-from studies.conftest import ROOT, cpu_env
+from studies.conftest import HANG_S, ROOT, cpu_env
 from studies.cost import MODES, fitted, ms
 from studies.test_bench import numbers
 
@@ -36,7 +36,7 @@ def quick(tmp_path_factory):
     """The quick run's cost.json, with the folder it wrote."""
     out = tmp_path_factory.mktemp("cost") / "new"  # a folder not there yet
     result = subprocess.run([sys.executable, "-m", "studies.cost", "--quick", "--out", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600, env=cpu_env())
+                            cwd=ROOT, capture_output=True, text=True, timeout=HANG_S, env=cpu_env())
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((out / "cost.json").read_text()), out
 

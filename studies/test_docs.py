@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from studies.conftest import ROOT, cpu_env
+from studies.conftest import HANG_S, ROOT, cpu_env
 DOCS = ROOT / "docs"
 
 # A fence opens with three or more backticks (or tildes) and an info string, and closes with the
@@ -109,7 +109,7 @@ def test_python_blocks_of_the_page_run_and_their_asserts_hold(page):
     source = "\n\n".join(runnable_python(page))
     env = cpu_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
     result = subprocess.run([sys.executable, "-"], input=source, cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=180)
+                            capture_output=True, text=True, timeout=HANG_S)
     assert result.returncode == 0, f"{page.name}: its python blocks failed\n{result.stderr[-3000:]}"
 
 
@@ -174,7 +174,7 @@ def test_every_snippet_include_names_an_existing_file_and_section():
 def test_the_flag_table_of_the_running_page_matches_experiment_py_help():
     """docs/running.md's table of flags lists exactly the flags (and metavars) of `experiment.py --help`."""
     help_text = subprocess.run([sys.executable, "experiment.py", "--help"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=60, env=cpu_env()).stdout
+                               text=True, timeout=HANG_S, env=cpu_env()).stdout
     usage = help_text.split("\n\n")[0]
     in_help = set(re.findall(r"\[(--[\w-]+)(?: ([A-Z]+))?", usage))
     in_table = set(re.findall(r"^\| `(--[\w-]+)(?: ([A-Z]+))?` \|", (DOCS / "running.md").read_text(), re.M))
@@ -215,6 +215,15 @@ def test_every_code_block_written_on_a_page_fits_the_code_column():
                 if info.split()[:1] != ["text"] and not INCLUDE.search(body)
                 for line in body.splitlines() if len(line) > INCLUDED_WIDTH]
     assert not too_wide, "\n".join(too_wide)
+
+
+def test_no_text_in_a_pages_maths_escapes_an_underscore():
+    r"""MathJax sets \text{...} as plain text, where \_ is no command: "example\_libraries"
+    shows its backslash. The build cannot see it (MathJax runs in the browser); a name with an
+    underscore goes in \mathtt{...}, which is maths, where \_ is the underscore."""
+    escaped = [f"{page.relative_to(ROOT)}: {m}" for page in pages()
+               for m in re.findall(r"\\text\{[^{}]*\\_[^{}]*\}", page.read_text())]
+    assert not escaped, "\n".join(escaped)
 
 
 def test_the_running_page_lists_exactly_the_keys_of_results_json():
@@ -343,7 +352,7 @@ def test_python_maml_py_prints_the_readmes_last_line_within_the_versions_spread(
     after one inner_update are the README's (figures/maml.txt) within the spread the tested
     versions show (SPREAD). A change that moves the result, a step size, a seed, the sampler,
     moves them by far more: an untrained network gives about 4.4 before and after."""
-    run = subprocess.run([sys.executable, "maml.py"], cwd=ROOT, env=cpu_env(), timeout=900,
+    run = subprocess.run([sys.executable, "maml.py"], cwd=ROOT, env=cpu_env(), timeout=HANG_S,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     got = last_line_numbers(run.stdout.splitlines()[-1])
@@ -359,7 +368,7 @@ def site(tmp_path_factory):
     folder = tmp_path_factory.mktemp("site")
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(folder)],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_S)
     return folder, result.returncode, result.stdout + result.stderr
 
 

@@ -20,7 +20,7 @@ import experiment
 import maml
 from machinery import preflight, report
 
-from studies.conftest import ROOT, experiment_env, ks_truncated_normal
+from studies.conftest import HANG_S, ROOT, experiment_env, ks_truncated_normal
 
 
 # ---- the training loop -------------------------------------------------------------------------
@@ -322,9 +322,9 @@ def test_the_training_refusal_compares_xlas_count_with_the_memory_available(monk
 
 # ---- the command line --------------------------------------------------------------------------
 
-def run_cli(cache, *args, timeout=300):
+def run_cli(cache, *args):
     return subprocess.run([sys.executable, "experiment.py", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, env=experiment_env(cache))
+                          text=True, timeout=HANG_S, cwd=ROOT, env=experiment_env(cache))
 
 
 def table_lines(stdout):
@@ -472,7 +472,7 @@ def test_bad_flag_stops_with_one_line_naming_it(argv, flag, allowed, tmp_path, c
 def test_cli_bad_flag_stops_the_program_before_anything_runs(tmp_path, compile_cache):
     """The same through `python experiment.py`, once: the program prints nothing else and exits 2."""
     (tmp_path / "adaptation.png").write_bytes(b"earlier figure")
-    result = run_cli(compile_cache, "--seeds", "0", "--out", str(tmp_path), timeout=60)
+    result = run_cli(compile_cache, "--seeds", "0", "--out", str(tmp_path))
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == "experiment.py: error: argument --seeds: expected a whole number >= 1, got '0'\n"
     assert os.listdir(tmp_path) == ["adaptation.png"]
@@ -482,7 +482,7 @@ def test_cli_bad_flag_stops_the_program_before_anything_runs(tmp_path, compile_c
 def test_cli_unwritable_output_folder_stops_with_one_line(tmp_path, compile_cache):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")  # a path under a file cannot be a folder, even for root
-    result = run_cli(compile_cache, "--out", str(blocker / "figures"), timeout=60)
+    result = run_cli(compile_cache, "--out", str(blocker / "figures"))
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--out" in lines[0] and "cannot write" in lines[0]
@@ -563,7 +563,7 @@ def test_a_closed_pipe_ends_the_run_quietly_with_exit_141(compile_cache, tmp_pat
     first = run.stdout.readline()
     run.stdout.close()  # as head does, after its line
     err = run.stderr.read()
-    assert run.wait(timeout=300) == 141 and first.startswith("MAML, code setup"), (first, err)
+    assert run.wait(timeout=HANG_S) == 141 and first.startswith("MAML, code setup"), (first, err)
     assert err == "", err
 
 
@@ -578,14 +578,14 @@ def test_the_readme_commands_leave_git_status_clean(compile_cache, tmp_path):
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     env = experiment_env(compile_cache)
     run = subprocess.run([sys.executable, "experiment.py", "--steps", "200", "--eval-tasks", "20"],
-                         cwd=clone, env=env, capture_output=True, text=True, timeout=300)
+                         cwd=clone, env=env, capture_output=True, text=True, timeout=HANG_S)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (clone / "runs" / "code-seed0" / "results.json").is_file()
     lines = run.stdout.splitlines()
     assert "written to runs/code-seed0/" in lines[-2]
     assert lines[-1].startswith("note: MAML's training loss in the run is still above half its start")
     subprocess.run([sys.executable, "-m", "pytest", "-q", "test_maml.py", "-k", "closed_form"],
-                   cwd=clone, env=env, capture_output=True, timeout=300)
+                   cwd=clone, env=env, capture_output=True, timeout=HANG_S)
     status = subprocess.run(["git", "status", "--porcelain", "--ignored=no"], cwd=clone,
                             capture_output=True, text=True, check=True).stdout
     assert status == "", status

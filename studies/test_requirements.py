@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from studies.conftest import ROOT, numbers_in
+from studies.conftest import HANG_S, ROOT, numbers_in
 README_TEST_COMMAND = "pip install -r requirements.txt -r docs/requirements.txt && python -m pytest"
 
 
@@ -92,7 +92,7 @@ def test_ci_fails_rather_than_skips_when_a_corners_python_is_missing(tmp_path):
         os.symlink(shutil.which(tool), bin_dir / tool)
     env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "PYENV_ROOT": str(tmp_path / "no-pyenv")}
     run = subprocess.run([shutil.which("bash"), str(ROOT / ".ci" / "run")], env=env, capture_output=True, text=True,
-                         timeout=60)
+                         timeout=HANG_S)
     assert run.returncode == 1, run
     for part, want in ci_parts().items():
         assert f"ci: {part}: FAILED: no Python {want}," in run.stderr, run.stderr

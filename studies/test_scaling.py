@@ -19,10 +19,9 @@ import time
 import numpy as np
 import pytest
 
-from studies.conftest import ROOT, cpu_env
+from studies.conftest import HANG_S, ROOT, cpu_env
 
 RTOL, ATOL = 1e-5, 1e-6
-TIME_LIMIT_S = 120  # for the two processes together; they take ~20 s on 2 shared cores
 
 
 @pytest.mark.slow
@@ -33,7 +32,7 @@ def test_one_step_with_tasks_sharded_over_4_devices_matches_one_device():
     atol 1e-6 (float32 sums in another order), and that every input array lies on all 4 devices,
     7 tasks on each. Here: it exits 0 and its summary says 4 devices and an all-reduce."""
     run = subprocess.run([sys.executable, "-m", "studies.sharding"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120,
+                         text=True, timeout=HANG_S,
                          env=cpu_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
     assert run.returncode == 0, run.stdout + run.stderr[-4000:]
     summary = run.stdout.strip().splitlines()[-1]
@@ -51,9 +50,9 @@ def free_port():
 def run_two_processes(tmp_path, out):
     """studies/distributed.py as processes 0 and 1 of two, writing into `out`: their exit codes
     and the tails of their logs. Both are stopped in all cases: when done, when one fails, or
-    after TIME_LIMIT_S."""
+    after HANG_S seconds."""
     port, procs, logs = free_port(), [], [tmp_path / f"process{p}.log" for p in range(2)]
-    deadline = time.monotonic() + TIME_LIMIT_S
+    deadline = time.monotonic() + HANG_S
     try:
         for p in range(2):
             with open(logs[p], "w") as log:  # a file, not a pipe: a full pipe would stall the process
@@ -76,7 +75,7 @@ def run_two_processes(tmp_path, out):
     tails = "\n".join(f"--- process {p} (exit {proc.returncode}):\n{logs[p].read_text()[-3000:]}"
                       for p, proc in enumerate(procs))
     assert not hung or any(proc.returncode > 0 for proc in procs), \
-        f"process {hung} did not finish within {TIME_LIMIT_S} s and was stopped\n{tails}"
+        f"process {hung} did not finish within {HANG_S} s and was stopped\n{tails}"
     return [proc.returncode for proc in procs], tails
 
 
@@ -139,7 +138,7 @@ def test_a_bad_process_flag_stops_in_one_line_before_joining_anything(argv, flag
     would end in a traceback, or run alone as if one process were all)."""
     run = subprocess.run([sys.executable, "-m", "studies.distributed", *argv, "--out",
                           str(tmp_path / "out")], cwd=ROOT, env=cpu_env(), capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=HANG_S)
     err = run.stderr.strip().splitlines()
     assert run.returncode == 2 and len(err) == 1 and f"argument {flag}:" in err[0], run.stderr
     assert not (tmp_path / "out").exists()

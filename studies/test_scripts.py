@@ -28,7 +28,7 @@ from jax.flatten_util import ravel_pytree
 import experiment
 import maml
 from machinery import program
-from studies.conftest import ROOT, cpu_env, numbers_in
+from studies.conftest import HANG_S, ROOT, cpu_env, numbers_in
 from studies import checkpoint_cost, compare, curvature, mutation, plateau, runs_at_once
 
 FIGURES = os.path.join(program.ROOT, "figures")
@@ -298,7 +298,7 @@ def test_help_exits_0_and_writes_nothing(name, tmp_path):
     before = files(ROOT / "figures")
     run = subprocess.run([sys.executable, "-m", f"studies.{name}", "--help"], cwd=tmp_path,
                          env=cpu_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True,
-                         timeout=120)
+                         timeout=HANG_S)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.startswith(f"usage: python -m studies.{name}"), run.stdout[:200]
     assert list(tmp_path.iterdir()) == [] and files(ROOT / "figures") == before

@@ -109,10 +109,19 @@ def start(dtype):
 
 
 def test_each_file_repeats_maml_py_sample_tasks_draw_for_draw(stack):
-    """Standing alone, each file repeats maml.py's sampler: the same key, the same tasks."""
-    for got, want in zip(stack.m.sample_tasks(random.PRNGKey(3), 4, 7),
-                         maml.sample_tasks(random.PRNGKey(3), 4, 7)):
-        np.testing.assert_array_equal(got, want)
+    """Standing alone, each file repeats maml.py's sampler: the same key, the same tasks. So
+    on the draws of test_maml.py's tests of the sampler's joint law (20,000 tasks of K = 5,
+    from keys 8, 9 and 11 and the two split from 10), each of their statistics is the same
+    number for the file's sampler, and each of their claims (independence within a task,
+    between tasks, of support and query, of two keys) holds for it, with no further false
+    alarm."""
+    joint_law_keys = [random.PRNGKey(i) for i in (8, 9, 11)]
+    joint_law_keys += list(random.split(random.PRNGKey(10)))
+    draws = [(random.PRNGKey(3), 4, 7)] + [(key, 20_000, 5) for key in joint_law_keys]
+    for key, n_tasks, k in draws:
+        for got, want in zip(stack.m.sample_tasks(key, n_tasks, k),
+                             maml.sample_tasks(key, n_tasks, k)):
+            np.testing.assert_array_equal(got, want)
 
 
 # float64 leaves only the rounding of a few hundred operations in a different order: 1e-12 is
