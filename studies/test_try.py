@@ -20,7 +20,7 @@ from jax.tree_util import tree_leaves, tree_map
 import experiment
 import maml
 from machinery import site_try
-from studies.conftest import ROOT
+from studies.conftest import ROOT, numbers_in
 
 JS = ROOT / "docs" / "javascripts" / "maml.js"
 STEPS = (1, 5, 10)  # inner_updates compared, each repeated from the last
@@ -250,3 +250,22 @@ def test_the_site_gets_the_committed_run_of_the_default_setting_exactly():
     assert run["step_sizes"] == sizes and set(sizes) == {"5", "10"}
     assert run["seed"] == results["seeds"][site_try.RUN] and run["run"] == site_try.RUN
 
+
+def test_the_page_states_the_committed_numbers_and_is_linked_from_the_first_screen():
+    """docs/try.md states the run, its seed, alpha, the baseline's step sizes and the
+    number of validation tasks as results.json has them; the home page links to it
+    before its first section, the walkthrough from its inner update, and one line of the
+    README names it."""
+    results = json.loads((ROOT / site_try.RUN_FOLDER / "results.json").read_text())
+    run = site_try.exported(ROOT / site_try.RUN_FOLDER)
+    page = (ROOT / "docs" / "try.md").read_text()
+    stated = {f"{run['alpha']:g}", *(f"{a:g}" for a in run["step_sizes"].values()),
+              str(run["seed"]), str(run["run"]), f"{results['eval_tasks']:,}"}
+    assert stated <= numbers_in(page), stated - numbers_in(page)
+    index = (ROOT / "docs" / "index.md").read_text()
+    assert "(try.md)" in index.split("\n## ", 1)[0]
+    walkthrough = (ROOT / "docs" / "walkthrough.md").read_text()
+    inner = walkthrough.split("\n## The inner update\n", 1)[1].split("\n## ")[0]
+    assert "(try.md)" in inner
+    readme = (ROOT / "README.md").read_text().splitlines()
+    assert len([line for line in readme if "(docs/try.md)" in line]) == 1
