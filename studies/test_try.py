@@ -242,7 +242,7 @@ def test_the_site_gets_the_committed_run_of_the_default_setting_exactly():
     run = json.loads(json.dumps(site_try.exported(ROOT / site_try.RUN_FOLDER)))
     for name in ("MAML", "pretrained"):
         pairs = zip(tree_leaves(tree(run[name])), tree_leaves(committed(name)))
-        assert all(np.array_equal(got, np.float64(saved)) for got, saved in pairs)
+        assert all(np.array_equal(got, saved.astype(np.float64)) for got, saved in pairs)
     setup = experiment.SETUPS[experiment.DEFAULT]
     assert run["alpha"] == results["setup"]["alpha"] == setup["alpha"]
     sizes = {str(c["k"]): c["step_sizes"][site_try.RUN] for c in results["cells"]

@@ -175,6 +175,10 @@
         g.setAttribute("role", "button");
         g.setAttribute("aria-roledescription", "movable point");
       }
+      // A finger on a point drags it, not the page: touch-action, in the stylesheet,
+      // is ignored inside an SVG by some browsers (Chromium among them).
+      g.addEventListener("touchstart", (event) => event.preventDefault(),
+                         { passive: false });
       g.addEventListener("pointerdown", (event) => {
         g.setPointerCapture(event.pointerId);
         event.preventDefault();
