@@ -43,11 +43,6 @@
     return out.reduce((sum, y, k) => sum + (y - ys[k]) ** 2, 0) / xs.length;
   }
 
-  // The sum of a[j] * b[j].
-  function dot(a, b) {
-    return a.reduce((sum, v, j) => sum + v * b[j], 0);
-  }
-
   // An array shaped like a, of zeros (a number, a list, or a list of lists).
   function zeros(a) {
     return Array.isArray(a) ? a.map(zeros) : 0;
@@ -60,23 +55,30 @@
     const W3 = params[4][0];
     const g = zeros(params);
     const [[gW1, gb1], , [gW2, gb2], , [gW3, gb3]] = g;
-    xs.forEach((x, k) => {
+    for (let k = 0; k < xs.length; k++) {
+      const x = xs[k];
       const { h1, h2, y } = forward(params, x);
       const dy = (2 * (y - ys[k])) / xs.length; // d loss / d (this point's output)
-      // Layer 3: y = h2 W3 + b3.
+      // Layer 3, y = h2 W3 + b3; back through ReLU 2: dz2 = W3 dy where h2 > 0.
       gb3[0] += dy;
-      h2.forEach((h, i) => (gW3[i][0] += h * dy));
-      // Back through ReLU 2, then layer 2: z2 = h1 W2 + b2.
-      const dz2 = h2.map((h, i) => (h > 0 ? W3[i][0] * dy : 0));
-      dz2.forEach((d, j) => (gb2[j] += d));
-      h1.forEach((h, i) => dz2.forEach((d, j) => (gW2[i][j] += h * d)));
-      // Back through ReLU 1, then layer 1, whose input is x itself: z1 = x W1 + b1.
-      const dz1 = h1.map((h, i) => (h > 0 ? dot(W2[i], dz2) : 0));
-      dz1.forEach((d, j) => {
-        gW1[0][j] += x * d;
-        gb1[j] += d;
-      });
-    });
+      const dz2 = h2.map((h, j) => (h > 0 ? W3[j][0] * dy : 0));
+      for (let j = 0; j < h2.length; j++) {
+        gW3[j][0] += h2[j] * dy;
+        gb2[j] += dz2[j];
+      }
+      // Layer 2, z2 = h1 W2 + b2; back through ReLU 1: dz1 = W2 dz2 where h1 > 0;
+      // then layer 1, z1 = x W1 + b1, whose input is x itself.
+      for (let i = 0; i < h1.length; i++) {
+        let dh1 = 0;
+        for (let j = 0; j < dz2.length; j++) {
+          gW2[i][j] += h1[i] * dz2[j];
+          dh1 += W2[i][j] * dz2[j];
+        }
+        const dz1 = h1[i] > 0 ? dh1 : 0;
+        gW1[0][i] += x * dz1;
+        gb1[i] += dz1;
+      }
+    }
     return g;
   }
 

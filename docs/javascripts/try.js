@@ -216,7 +216,8 @@
       `the network before adapting and after ${state.n} inner steps`);
     const curve = (p) => pathOf(CURVE_X, window.maml.net_apply(p, CURVE_X));
     view.truth.setAttribute("d", pathOf(CURVE_X, CURVE_X.map(state.truth)));
-    view.before.setAttribute("d", curve(params));
+    model.beforePath = model.beforePath || curve(params); // the same for every task
+    view.before.setAttribute("d", model.beforePath);
     view.after.setAttribute("d", curve(adapted));
     view.mse.textContent = `MSE after ${state.n} step${state.n === 1 ? "" : "s"}: ` +
       `${testMse(adapted, state).toFixed(3)} ` +
