@@ -66,9 +66,9 @@ def numbers(runs, weights, code, argv=()):
         environment=program.environment(program.jax_device()), cells=cells))
 
 
-def row(s, steps, spread=False):
+def row(s, steps, median=False):
     """Mean ± interval, or median [lowest, highest], after each number of steps."""
-    if spread:
+    if median:
         return [f"{s['median'][n]:.3f} [{s['min'][n]:.3f}, {s['max'][n]:.3f}]"
                 for n in steps]
     return [f"{s['mean'][n]:.3f} ± {s['half'][n]:.3f}" for n in steps]
@@ -86,7 +86,7 @@ def render(data):
     """figures/released.md, from the data alone."""
     steps = data["eval_steps"]
     alpha = f"{data['alpha']:g}"
-    body = [[5, "the paper (one run)", "its own", "0.01", "-",
+    body = [[5, "the paper (one run)", "the paper's", "0.01", "-",
              *(data["paper"][str(n)] for n in steps[1:])]]
     for c in data["cells"]:
         for who, where, evaluation in (

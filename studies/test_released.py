@@ -118,25 +118,24 @@ def test_the_results_page_states_how_the_two_protocols_and_our_runs_compare():
             assert (gap < np.array(s["test"][str(cell["k"])]["ci95"])[[1, 5, 10]]).all()
     k5 = data["cells"][0]
     own, theirs, ours = k5["own"], k5["released"], k5["ours"]
-    assert "0.338 ± 0.038 under its protocol, 0.334 ± 0.046 under ours" in page()
-    assert (f"{own['mean'][10]:.3f} ± {own['half'][10]:.3f}",
-            f"{theirs['mean'][10]:.3f} ± {theirs['half'][10]:.3f}") == ("0.338 ± 0.038",
-                                                                        "0.334 ± 0.046")
+    assert (f"{own['mean'][10]:.3f} ± {own['half'][10]:.3f} under its protocol, "
+            f"{theirs['mean'][10]:.3f} ± {theirs['half'][10]:.3f} under ours") in page()
     below = sorted(sum(m[10] < r[10] for m in ours["means"]) for r in theirs["means"])
     assert below == [2, 6, 11, 12] and "2, 6, 11 and 12 of them end below" in page()
     numbers = [theirs["min"][10], theirs["max"][10], theirs["median"][10], ours["median"][10],
                theirs["median"][1], ours["median"][1], theirs["median"][5], ours["median"][5],
                theirs["mean"][10], ours["mean"][10]]
     assert {f"{x:.3f}" for x in numbers} <= stated
+    without_13 = np.delete(np.array(ours["means"])[:, 10], 13).mean()  # the slow run
+    assert theirs["mean"][10] < without_13 < ours["mean"][10]
+    assert f"{without_13:.3f} without it" in page()
     paper = data["paper"]
     for s in (own, theirs):
         assert s["mean"][1] - s["half"][1] > paper["1"]  # just below both intervals
         assert all(abs(s["mean"][n] - paper[str(n)]) <= s["half"][n] for n in (5, 10))
     assert abs(ours["mean"][1] - paper["1"]) <= ours["half"][1]
-    assert {"0.721 ± 0.049 under its own", "0.717 ± 0.042 under ours"} == {
-        f"{own['mean'][1]:.3f} ± {own['half'][1]:.3f} under its own",
-        f"{theirs['mean'][1]:.3f} ± {theirs['half'][1]:.3f} under ours"}
-    assert "0.721 ± 0.049 under its own, 0.717 ± 0.042 under ours" in page()
+    assert (f"{own['mean'][1]:.3f} ± {own['half'][1]:.3f} under its own, "
+            f"{theirs['mean'][1]:.3f} ± {theirs['half'][1]:.3f} under ours") in page()
 
 
 def below_half_at(iterations, losses):
