@@ -29,7 +29,8 @@ import experiment
 import maml
 from machinery import program
 from studies.conftest import HANG_S, ROOT, cpu_env, numbers_in
-from studies import checkpoint_cost, compare, curvature, mutation, plateau, runs_at_once
+from studies import (checkpoint_cost, compare, curvature, mutation, plateau, released,
+                     runs_at_once)
 
 FIGURES = os.path.join(program.ROOT, "figures")
 
@@ -182,7 +183,7 @@ def test_the_recorded_command_names_no_path_of_this_machine():
 
 
 COMMITTED = [("runs_at_once", runs_at_once), ("mutation", mutation), ("comparison", compare),
-             ("checkpoint_cost", checkpoint_cost)]
+             ("checkpoint_cost", checkpoint_cost), ("released", released)]
 
 
 @pytest.mark.parametrize("name, script", COMMITTED, ids=[name for name, _ in COMMITTED])
@@ -281,7 +282,7 @@ def test_mutation_refuses_a_work_folder_it_would_wrongly_empty(where, tmp_path, 
 # ---- the command line every program shares (machinery/program.py) ------------------------------
 
 PROGRAMS = ["anil", "checkpoint_cost", "compare", "cost", "curvature", "distributed",
-            "mutation", "plateau", "runs_at_once", "sharding", "variants"]
+            "mutation", "plateau", "released", "runs_at_once", "sharding", "variants"]
 
 
 def files(folder):
