@@ -4,6 +4,7 @@ the table rendered from that data alone, the figures, whole-or-nothing writes.""
 import math
 import os
 import sys
+import time
 
 import numpy as np
 from jax.tree_util import tree_leaves, tree_map
