@@ -41,11 +41,6 @@ def progress(log, name, steps, losses, t0, due):
             f"{per_s:8,.0f} steps/s  {(n_steps - step) / per_s:5.1f} s left")
 
 
-def finite_tasks(mse):
-    """The rows (tasks) of an MSE array whose adaptation never overflowed."""
-    return mse[np.isfinite(mse).all(axis=1)]
-
-
 def stop_diverged(what):
     """Exit 1 in one line: a run that diverged writes nothing."""
     sys.exit(f"experiment.py: {what}; nothing was written. Try a smaller --alpha.")
@@ -108,7 +103,7 @@ def run_numbers(mse):
     of steps, the finite tasks' mean, 95% interval, median, runaway tasks and whether
     they make up over half the mean; the tasks that end worse than they start (NaN
     counts as worse), the worst of them, and the diverged."""
-    kept = finite_tasks(mse).astype(np.float64)
+    kept = mse[np.isfinite(mse).all(axis=1)].astype(np.float64)
     runaway = kept > RUNAWAY * kept[:, :1]
     mean, ci = np.transpose([mean_ci(column) for column in kept.T])
     worse = kept[:, -1][kept[:, -1] > kept[:, 0]]
