@@ -83,11 +83,6 @@ def render(data):
             f"number is its mean over the tasks. Made by {commands}, then `{data['command']}`.\n")
 
 
-def table(loaded):
-    """comparison.md of the loaded results, as `python -m studies.compare` writes it."""
-    return render(numbers(loaded))
-
-
 def runs_figure(data):
     """Every run's K = 5 MSE after 1, 5 and 10 steps as a point, per setting and model, with the
     paper's numbers as marks: the distribution the means summarise."""
