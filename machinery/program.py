@@ -180,14 +180,6 @@ def jax_device():
     return f"{first.platform} ({first.device_kind})" + (f" x{n}" if n > 1 else "")
 
 
-def environment_text(m):
-    """The environment record in one phrase."""
-    extra = "".join(f", {k} {v or '(not run)'}" for k, v in m.items() if k not in BASE)
-    return (f"{m['cpu']}, {m['cores']} cores, {m['system']}, Python {m['python']}, "
-            f"jax {m['jax']}, jaxlib {m['jaxlib']}, numpy {m['numpy']}, device "
-            f"{m.get('device', '(not recorded)')}{extra}")
-
-
 def now():
     return f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
 
@@ -209,8 +201,12 @@ def record(program, argv, device=None, loads=(), hide=None, env=None, **extra):
 def conditions(data):
     """The line under a table that says where and when its numbers were measured, from
     what `record` wrote into the data."""
+    m = data["environment"]
+    extra = "".join(f", {k} {v or '(not run)'}" for k, v in m.items() if k not in BASE)
     minute = " then ".join(f"{reading[0]:.2f}" for reading in data["load"])
-    return (f"Measured on {environment_text(data['environment'])}; {data['when']}; "
+    return (f"Measured on {m['cpu']}, {m['cores']} cores, {m['system']}, Python "
+            f"{m['python']}, jax {m['jax']}, jaxlib {m['jaxlib']}, numpy {m['numpy']}, "
+            f"device {m.get('device', '(not recorded)')}{extra}; {data['when']}; "
             f"load average (1 min) {minute}. Command: `{data['command']}`.")
 
 
