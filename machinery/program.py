@@ -5,7 +5,6 @@ load, with the line that states them under a table. Standard library only.
 """
 import argparse
 import contextlib
-import datetime
 import importlib.metadata
 import json
 import os
@@ -14,6 +13,7 @@ import re
 import shlex
 import sys
 import tempfile
+from datetime import datetime, timezone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # programs run here
 
@@ -180,10 +180,6 @@ def jax_device():
     return f"{first.platform} ({first.device_kind})" + (f" x{n}" if n > 1 else "")
 
 
-def now():
-    return f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
-
-
 def load():
     """The load average over 1, 5 and 15 minutes: how busy the machine was."""
     return [round(x, 2) for x in os.getloadavg()]
@@ -194,7 +190,8 @@ def record(program, argv, device=None, loads=(), hide=None, env=None, **extra):
     environment (see `environment`), the date, and the load averages read while it ran
     (`loads`, read earlier by the program) and now."""
     return dict(command=command(program, argv, hide, env),
-                environment=environment(device, **extra), when=now(),
+                environment=environment(device, **extra),
+                when=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
                 load=[*loads, load()])
 
 
