@@ -166,6 +166,11 @@ def adaptation_curves(params, x1, y1, x_test, y_test, alpha, n_steps,
 # -8<- [end:eval_tasks]
 
 
+def held_out_tasks(seed, n_tasks, amp_range):
+    """The held-out tasks a run of `seed` is evaluated on (drawn from its test key)."""
+    return eval_tasks(run_keys(seed, 1)[4, 0], n_tasks, max(EVAL_KS), amp_range)
+
+
 # -8<- [start:run_curves]
 def run_curves(params, tasks, k, alphas, n_steps=max(EVAL_STEPS), update=inner_update):
     """Each run's adaptation_curves, with step size alphas[r]: (runs, tasks, n + 1)."""

@@ -40,12 +40,14 @@ def mse_figure(results):
     run's mean thin and the mean over runs with its between-run interval."""
     from matplotlib.figure import Figure
 
-    fig, cells = Figure(figsize=(11, 4), layout="constrained"), results["cells"]
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    cells = results["cells"]
     # Over the unadapted error: a runaway mean leaves at the top, not squashing the rest
     top = 1.25 * max(run["mean"][0] + run["ci"][0] for c in cells for run in c["runs"])
     for ax, k in zip(fig.subplots(1, 2, sharey=True), sorted({c["k"] for c in cells})):
         for cell, color in zip((c for c in cells if c["k"] == k), ("C0", "C3")):
-            runs, many = cell["runs"], len(cell["runs"]) > 1
+            runs = cell["runs"]
+            many = len(runs) > 1
             s = cell["over_runs"] or dict(runs[0], half=runs[0]["ci"])
             mean, ci = np.array(s["mean"], float), np.array(s["half"], float)
             steps = np.arange(len(mean))
@@ -77,7 +79,9 @@ def training_figure(results, curves):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4), layout="constrained")
-    ax, setup, each = fig.subplots(), results["setup"], len(results["seeds"]) > 1
+    ax = fig.subplots()
+    setup = results["setup"]
+    each = len(results["seeds"]) > 1
     for (name, t), color in zip(results["training"].items(), ("C0", "C3")):
         steps = t["window"] * np.arange(1, len(curves[name]) + 1)
         for r, curve in enumerate(np.transpose(curves[name])):

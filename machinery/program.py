@@ -1,10 +1,10 @@
-"""What every program shares, done once: the command line (one-line errors), --out,
-writing a result (the JSON, then the text rendered from it), and what a result records:
-its command (path-free), the environment, the time and load. Standard library only.
+"""What every program shares, done once: the command line (one-line errors, the flags
+several programs take), --out, writing a result (the JSON, then the text rendered from
+it), and what a result records: its command (path-free), the environment, the time and
+load, with the line that states them under a table. Standard library only.
 """
 import argparse
 import contextlib
-import datetime
 import importlib.metadata
 import json
 import os
@@ -13,6 +13,7 @@ import re
 import shlex
 import sys
 import tempfile
+from datetime import datetime, timezone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # programs run here
 
@@ -39,6 +40,18 @@ def one_line_error(ap):
 # -8<- [end:checked]
 
 
+def at_least(n):
+    """An argparse type: a whole number >= n."""
+    return checked(int, lambda v: v >= n, f"a whole number >= {n}")
+
+
+def some_of(allowed):
+    """An argparse type: some of the names `allowed`, comma-separated (a list)."""
+    return checked(lambda text: text.split(","),
+                   lambda names: set(names) <= set(allowed),
+                   f"some of {','.join(allowed)}, comma-separated")
+
+
 def parser(prog, description, out=None, what="its results"):
     """A program's ArgumentParser: one-line errors, no abbreviations, --out if `out`."""
     ap = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
@@ -57,6 +70,26 @@ def parse(ap, argv=None):
     if getattr(args, "out", None) is not None:
         check_out(ap.error, args.out)
     return args
+
+
+def figures_parser(name, description, what):
+    """The parser of a study of saved runs: --out (figures), and --figures DIR, where
+    they are."""
+    ap = parser(f"python -m studies.{name}", description, out="figures", what=what)
+    ap.add_argument("--figures", default=os.path.join(ROOT, "figures"), metavar="DIR",
+                    help="the folder that holds a folder of saved runs per setup "
+                    "(figures)")
+    return ap
+
+
+def check_saved(ap, args, setups, files):
+    """Stop in one line (exit 2) unless --figures holds each setup's saved `files`."""
+    for setup in setups:
+        folder = os.path.join(args.figures, setup)
+        missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
+        if missing:
+            ap.error(f"argument --figures: {folder} holds no {missing[0]}; save the "
+                     f"runs with python experiment.py --setup {setup} --out {folder}")
 
 
 @contextlib.contextmanager
@@ -142,25 +175,36 @@ def jax_device():
     """The default JAX device, as the environment names it: 'cpu (cpu)', say."""
     import jax
 
-    d, n = jax.devices()[0], jax.device_count()
-    return f"{d.platform} ({d.device_kind})" + (f" x{n}" if n > 1 else "")
-
-
-def environment_text(m):
-    """The environment record in one phrase."""
-    extra = "".join(f", {k} {v or '(not run)'}" for k, v in m.items() if k not in BASE)
-    return (f"{m['cpu']}, {m['cores']} cores, {m['system']}, Python {m['python']}, "
-            f"jax {m['jax']}, jaxlib {m['jaxlib']}, numpy {m['numpy']}, device "
-            f"{m.get('device', '(not recorded)')}{extra}")
-
-
-def now():
-    return f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    first = jax.devices()[0]
+    n = jax.device_count()
+    return f"{first.platform} ({first.device_kind})" + (f" x{n}" if n > 1 else "")
 
 
 def load():
     """The load average over 1, 5 and 15 minutes: how busy the machine was."""
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def record(program, argv, device=None, loads=(), hide=None, env=None, **extra):
+    """What every result records of how it was made: its command (see `command`), the
+    environment (see `environment`), the date, and the load averages read while it ran
+    (`loads`, read earlier by the program) and now."""
+    return dict(command=command(program, argv, hide, env),
+                environment=environment(device, **extra),
+                when=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+                load=[*loads, load()])
+
+
+def conditions(data):
+    """The line under a table that says where and when its numbers were measured, from
+    what `record` wrote into the data."""
+    m = data["environment"]
+    extra = "".join(f", {k} {v or '(not run)'}" for k, v in m.items() if k not in BASE)
+    minute = " then ".join(f"{reading[0]:.2f}" for reading in data["load"])
+    return (f"Measured on {m['cpu']}, {m['cores']} cores, {m['system']}, Python "
+            f"{m['python']}, jax {m['jax']}, jaxlib {m['jaxlib']}, numpy {m['numpy']}, "
+            f"device {m.get('device', '(not recorded)')}{extra}; {data['when']}; "
+            f"load average (1 min) {minute}. Command: `{data['command']}`.")
 
 
 def table(header, rows, align=None):

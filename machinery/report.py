@@ -41,11 +41,6 @@ def progress(log, name, steps, losses, t0, due):
             f"{per_s:8,.0f} steps/s  {(n_steps - step) / per_s:5.1f} s left")
 
 
-def finite_tasks(mse):
-    """The rows (tasks) of an MSE array whose adaptation never overflowed."""
-    return mse[np.isfinite(mse).all(axis=1)]
-
-
 def stop_diverged(what):
     """Exit 1 in one line: a run that diverged writes nothing."""
     sys.exit(f"experiment.py: {what}; nothing was written. Try a smaller --alpha.")
@@ -108,7 +103,7 @@ def run_numbers(mse):
     of steps, the finite tasks' mean, 95% interval, median, runaway tasks and whether
     they make up over half the mean; the tasks that end worse than they start (NaN
     counts as worse), the worst of them, and the diverged."""
-    kept = finite_tasks(mse).astype(np.float64)
+    kept = mse[np.isfinite(mse).all(axis=1)].astype(np.float64)
     runaway = kept > RUNAWAY * kept[:, :1]
     mean, ci = np.transpose([mean_ci(column) for column in kept.T])
     worse = kept[:, -1][kept[:, -1] > kept[:, 0]]
@@ -146,7 +141,8 @@ def window_means(losses):
 def training_numbers(losses):
     """Per run of losses (steps, runs): the first step whose 100-step mean is below half
     the first 100's (leaving its starting plateau; else None); the last 1,000's mean."""
-    window, means = min(PLATEAU_WINDOW, len(losses)), window_means(losses)
+    window = min(PLATEAU_WINDOW, len(losses))
+    means = window_means(losses)
     below = means < means[:1] / 2
     leaves = [int((np.argmax(b) + 1) * window) if b.any() else None for b in below.T]
     return dict(window=window, leaves_plateau=leaves, final=losses[-1000:].mean(axis=0))
@@ -205,7 +201,8 @@ def step_size_text(sizes):
 
 def table_rows(results):
     """The header and one row per model and K (each with the paper's, if it has one)."""
-    steps, paper = results["eval_steps"], results["paper"]
+    steps = results["eval_steps"]
+    paper = results["paper"]
     n_runs = len(results["seeds"])
     what = ("mean ± 95% CI" if n_runs == 1 else f"mean of {n_runs} runs ± 95% "
             f"between-run interval, Student's t with {n_runs - 1} degrees of freedom")
@@ -226,10 +223,13 @@ def table_rows(results):
 
 def runaway_lines(results):
     """A line for each cell whose mean runaway tasks dominate, with the mean beside."""
-    lines, n_runs, tasks = [], len(results["seeds"]), results["eval_tasks"]
+    lines = []
+    n_runs = len(results["seeds"])
+    tasks = results["eval_tasks"]
     for cell, n in ((c, n) for c in results["cells"] for n in results["eval_steps"]):
         hit = [r for r, run in enumerate(cell["runs"]) if run["dominated"][n]]
-        run, where = cell["runs"][0], f"† K = {cell['k']}, {cell['model']}, n = {n}: "
+        run = cell["runs"][0]
+        where = f"† K = {cell['k']}, {cell['model']}, n = {n}: "
         if hit and n_runs == 1:
             lines.append(f"{where}{run['runaway'][n]} of {tasks} tasks ran away (MSE "
                          f"over {RUNAWAY}x its start) and make up most of the mean, "
@@ -245,10 +245,13 @@ def runaway_lines(results):
 
 def task_lines(results):
     """Per model and K: the tasks that ended worse than they started, the diverged."""
-    lines, n_tasks, steps = [], results["eval_tasks"], results["eval_steps"]
+    lines = []
+    n_tasks = results["eval_tasks"]
+    steps = results["eval_steps"]
     higher = f"{steps[-1]} steps with a higher MSE than they started with"
     for cell in results["cells"]:
-        runs, name = cell["runs"], f"K = {cell['k']:>2}, {cell['model']}"
+        runs = cell["runs"]
+        name = f"K = {cell['k']:>2}, {cell['model']}"
         if len(runs) > 1:
             worse, diverged = (", ".join(str(run[key]) for run in runs)
                                for key in ("worse", "diverged"))
@@ -269,7 +272,8 @@ def task_lines(results):
 
 def spread_lines(results):
     """Several runs: each cell's median and range, the runs above twice the paper's."""
-    n_runs, paper = len(results["seeds"]), results["paper"]
+    n_runs = len(results["seeds"])
+    paper = results["paper"]
     lines = [f"Over the {n_runs} runs (each run's mean): median [lowest, highest]"
              + ("; runs above twice the paper's number" if paper else "")]
     for cell in results["cells"]:
@@ -314,6 +318,11 @@ def render(results):
     return "".join(line.rstrip() + "\n" for line in lines)
 
 
+def results_text(results):
+    """results.txt: the command that made the run, then its table."""
+    return f"Command: {results['command']}\n{render(results)}"
+
+
 def write_run(out, params, tasks, results, losses, adapt):
     """A run's files, each whole or not at all: the figures, params.npz (the trained
     parameters, run axis first, and the 100-step means of the training losses), then
@@ -329,5 +338,4 @@ def write_run(out, params, tasks, results, losses, adapt):
                   amp_range=results["setup"]["amp_range"])
     program.write_whole(os.path.join(out, "params.npz"),
                         lambda f: np.savez(f, **arrays))
-    return program.write(out, "results", results,
-                         lambda r: f"Command: {r['command']}\n{render(r)}", ".txt")
+    return program.write(out, "results", results, results_text, ".txt")

@@ -1,9 +1,8 @@
 """How fast one meta-step of maml.py is, next to the 2019 code it replaces: figures/benchmark.json
 and benchmark.md (a quick look: docs/from-2019.md). Every run a fresh process, in interleaved
-rounds, then a step's parts (cost.py); the PyTorch peers need --peers DIR and --torch-python PY."""
+rounds; the PyTorch peers need --peers DIR and --torch-python PY."""
 import argparse
 import itertools
-import json
 import math
 import os
 import re
@@ -21,7 +20,7 @@ from jax import random
 import experiment
 import maml
 from machinery import program
-from studies import blog2019, cost
+from studies import blog2019
 
 SELF = ["{python}", "-m", "studies.bench", "--worker"]  # this module, in a process of its own
 PEER = ["{torch}", "{peers}/torch_func.py", "--outer", "grad", "--compile"]
@@ -108,15 +107,16 @@ def measure_once(key, setting, args):
 
 
 def measure(keys, args):
-    """{key: {setting: [each round's measure_once]}}, and the load before each round and after
-    the last: every other round in reverse order."""
-    runs, loads = {key: {s: [] for s in args.settings} for key in keys}, []
+    """{key: {setting: [each round's measure_once]}}, and the load before each round (the
+    record reads it once more at the end): every other round in reverse order."""
+    runs = {key: {s: [] for s in args.settings} for key in keys}
+    loads = []
     for r in range(args.rounds):
         loads.append(program.load())
         print(f"round {r + 1} of {args.rounds}, load average {loads[-1]}", flush=True)
         for setting, key in itertools.product(args.settings, keys if r % 2 == 0 else keys[::-1]):
             runs[key][setting].append(measure_once(key, setting, args))
-    return runs, loads + [program.load()]
+    return runs, loads
 
 
 def timing(runs):
@@ -128,7 +128,7 @@ def timing(runs):
                    (("median", statistics.median), ("min", min), ("max", max))})
 
 
-def results(args, runs, loads, costs):
+def results(args, runs, loads):
     """benchmark.json: every measurement; a round's speed-up is over the baseline's fastest."""
     times = {key: {s: timing(runs[key][s]) for s in args.settings} for key in runs}
     speedups = []
@@ -140,22 +140,22 @@ def results(args, runs, loads, costs):
                       if o is not None and any(v is not None for v in b)]
             speedups.append(dict(ours=ours, baseline=baseline, setting=s, rounds=ratios,
                                  median=statistics.median(ratios) if ratios else None))
-    torch, hide = "<a Python with torch>", {"--peers": "<the peers' folder>"}
-    return dict(
-        command=program.command("studies.bench", args.argv, hide={"--torch-python": torch, **hide},
-                                env=args.torch_from_env and {"TORCH_PYTHON": torch}),
-        environment=program.environment(costs and next(iter(costs.values()))["device"],
-                                        torch=args.torch_version),  # the driver starts no JAX
-        when=program.now(), load=loads, rounds=args.rounds, steps=args.steps,
-        settings={s: PEER_SETTINGS[s] for s in args.settings},
-        implementations={key: IMPLS[key][0] for key in runs}, ms_per_step=times,
-        speedups=speedups, costs=costs)
+    torch = "<a Python with torch>"
+    hide = {"--torch-python": torch, "--peers": "<the peers' folder>"}
+    record = program.record(  # no device: the driver starts no JAX, its workers do
+        "studies.bench", args.argv, loads=loads, hide=hide,
+        env=args.torch_from_env and {"TORCH_PYTHON": torch}, torch=args.torch_version)
+    return dict(record, rounds=args.rounds, steps=args.steps,
+                settings={s: PEER_SETTINGS[s] for s in args.settings},
+                implementations={key: IMPLS[key][0] for key in runs}, ms_per_step=times,
+                speedups=speedups)
 
 
 def render(data):
-    """benchmark.md: the conditions in one line, then the times, the speed-ups and the costs."""
-    ones = [v[0] for v in data["load"]]  # the load average over the last minute
-    settings, times, labels = data["settings"], data["ms_per_step"], data["implementations"]
+    """benchmark.md: the times and the speed-ups, then the conditions under them."""
+    settings = data["settings"]
+    times = data["ms_per_step"]
+    labels = data["implementations"]
     found = {(r["ours"], r["baseline"], r["setting"]): r for r in data["speedups"]}
 
     def ms(t):
@@ -164,55 +164,45 @@ def render(data):
     def ratio(s):
         return "-" if s is None or s["median"] is None else (
             f"{s['median']:.2f}x (" + ", ".join(f"{v:.2f}" for v in s["rounds"]) + ")")
-    out = [f"Measured on {program.environment_text(data['environment'])}; {data['when']}; "
-           f"load average (1 min) {min(ones):.1f} to {max(ones):.1f} over the run; "
-           f"`{data['command']}`; median (min-max) of {data['rounds']} interleaved rounds of "
-           f"{data['steps']} steps, each run a fresh process.", "",
-           "**Milliseconds per meta-step**", "", program.table(
-               ["implementation", *(f"{s}: {v['tasks']} tasks, K = {v['k']}"
-                                    for s, v in settings.items())],
-               [[label, *(ms(times[key][s]) for s in settings)] for key, label in labels.items()],
-               "l" + "r" * len(settings)),
-           "**Speed-up**: baseline ms / our ms, the median of the rounds (each round's ratio in "
-           "brackets)", "", program.table(
-               ["", "baseline", *settings],
-               [[labels[o], f"vs {b}", *(ratio(found.get((o, b, s))) for s in settings)]
-                for o, b in RATIOS if any((o, b, s) in found for s in settings)],
-               "ll" + "r" * len(settings))]
-    if data["costs"]:
-        out += [f"**Where a step's time goes** (one more process per setting; µs per meta-step, "
-                f"median of {next(iter(data['costs'].values()))['repeats']} repeats)", "",
-                cost.step_table(data["costs"])]
-    return "\n".join(out)
+    return "\n".join([
+        f"**Milliseconds per meta-step**: median (min-max) of {data['rounds']} interleaved "
+        f"rounds of {data['steps']} steps, each run a fresh process", "", program.table(
+            ["implementation", *(f"{s}: {v['tasks']} tasks, K = {v['k']}"
+                                 for s, v in settings.items())],
+            [[label, *(ms(times[key][s]) for s in settings)] for key, label in labels.items()],
+            "l" + "r" * len(settings)),
+        "**Speed-up**: baseline ms / our ms, the median of the rounds (each round's ratio in "
+        "brackets)", "", program.table(
+            ["", "baseline", *settings],
+            [[labels[o], f"vs {b}", *(ratio(found.get((o, b, s))) for s in settings)]
+             for o, b in RATIOS if any((o, b, s) in found for s in settings)],
+            "ll" + "r" * len(settings)),
+        program.conditions(data), ""])
 
 
 def parse_args(argv=None):
-    def names(allowed):  # a comma-separated subset of `allowed`, as a list in the given order
-        return program.checked(lambda t: t.split(","), lambda v: set(v) <= set(allowed),
-                               "a comma-separated list of " + ",".join(allowed))
-
-    def at_least(n):
-        return program.checked(int, lambda v: v >= n, f"a whole number >= {n}")
     ap = program.parser("python -m studies.bench", __doc__.split("\n")[0], out="figures",
                         what="benchmark.json and benchmark.md")
-    ap.add_argument("--rounds", type=at_least(1), default=3, help="runs of each (3)")
-    ap.add_argument("--steps", type=at_least(100), default=2000, help="meta-steps a run (2000)")
-    ap.add_argument("--settings", type=names(PEER_SETTINGS), default=list(PEER_SETTINGS),
+    ap.add_argument("--rounds", type=program.at_least(1), default=3, help="runs of each (3)")
+    ap.add_argument("--steps", type=program.at_least(100), default=2000,
+                    help="meta-steps a run (2000)")
+    ap.add_argument("--settings", type=program.some_of(PEER_SETTINGS), default=list(PEER_SETTINGS),
                     help="paper, blog or both (both)")
-    ap.add_argument("--only", type=names(IMPLS), default=list(IMPLS),
+    ap.add_argument("--only", type=program.some_of(IMPLS), default=list(IMPLS),
                     help="some of " + ",".join(IMPLS) + " (all it can run)")
-    ap.add_argument("--no-costs", action="store_true", help="skip where a step's time goes")
     ap.add_argument("--peers", metavar="DIR", type=os.path.abspath,
                     help="the peers' folder, for the PyTorch rows")
     ap.add_argument("--torch-python", metavar="PY", help="a Python with torch (or $TORCH_PYTHON)")
-    ap.add_argument("--worker", choices=[*WORKERS, "costs"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     ap.add_argument("--setup", choices=experiment.SETUPS, default="paper", help=argparse.SUPPRESS)
     return program.parse(ap, argv)
 
 
 def runnable(args):
     """The implementations asked for that can run here, saying why any other is skipped."""
-    keys, wanted, torch = args.only, {"torch", "torch1"} & set(args.only), None
+    keys = args.only
+    wanted = {"torch", "torch1"} & set(args.only)
+    torch = None
     if wanted and args.peers and args.torch_python:
         torch = run([args.torch_python, "-c", "import torch; print(torch.__version__)"])
     if wanted and not torch:
@@ -228,18 +218,15 @@ def runnable(args):
 def main(argv=None):
     args = parse_args(argv)
     setup = dict(experiment.SETUPS[args.setup], steps=args.steps)
-    if args.worker:  # a worker prints one line: its time, or the costs as JSON
-        line = json.dumps(dict(cost.step_costs(setup), device=program.jax_device())) if (
-            args.worker == "costs") else "{:.4f} ms/step over {} steps; final loss {:.4f}".format(
-                *WORKERS[args.worker](setup))
+    if args.worker:  # a worker prints one line: its time
+        line = "{:.4f} ms/step over {} steps; final loss {:.4f}".format(
+            *WORKERS[args.worker](setup))
         return print(f"{args.worker}: {line}")
     args.torch_from_env = args.torch_python is None and "TORCH_PYTHON" in os.environ
     args.torch_python = args.torch_python or os.environ.get("TORCH_PYTHON")
     keys, args.torch_version = runnable(args)
     runs, loads = measure(keys, args)
-    costs = {s: json.loads(out.split("costs: ")[1]) for s in args.settings if not args.no_costs
-             and (out := run([sys.executable, *SELF[1:], "costs", "--setup", s]))}
-    text = program.write(args.out, "benchmark", results(args, runs, loads, costs), render)
+    text = program.write(args.out, "benchmark", results(args, runs, loads), render)
     print("\n" + text + f"\nwritten to {os.path.join(args.out, 'benchmark.json')} and .md")
 
 

@@ -72,10 +72,13 @@ def step(i, opt_state, x1, y1, x2, y2, alpha):
 def train(setup, careful=False, seed=0):
     """The blog's loop at `setup` (experiment.SETUPS's, with steps): steady ms per step, the steps
     timed and the last loss; the first min(50, steps // 10) warm up, untimed, as in bench.py."""
-    rng, stack = np.random.default_rng(seed), np.stack if careful else jnp.stack
+    rng = np.random.default_rng(seed)
+    stack = np.stack if careful else jnp.stack
     out_shape, net_params = net_init(jax.random.PRNGKey(seed), (-1, 1))
     opt_state = opt_init(net_params)
-    np_batched_maml_loss, steps, warm = [], setup["steps"], min(50, setup["steps"] // 10)
+    np_batched_maml_loss = []
+    steps = setup["steps"]
+    warm = min(50, steps // 10)
     for i in range(steps):
         if i == warm:
             jax.block_until_ready(opt_state)

@@ -29,7 +29,8 @@ def load(setup, root=os.path.join(program.ROOT, "figures")):
 def cell_numbers(cell):
     """One K = 5 cell as the table and figure show it, after 1, 5 and 10 steps: its step sizes,
     the numbers over runs, each run's mean, and the runs whose mean runaway tasks dominate."""
-    s, runs = cell["over_runs"], cell["runs"]
+    s = cell["over_runs"]
+    runs = cell["runs"]
     return dict(step_sizes=cell["step_sizes"],
                 over_runs={key: [s[key][n] for n in STEPS]
                            for key in ("mean", "half", "median", "min", "max")},
@@ -51,8 +52,11 @@ def rows(data, setup, name):
     """Three rows for one setting and model: mean ± interval (or, where runaway tasks dominate
     some runs' means, how many diverge: the median row is the robust number), median [range],
     runs above twice the paper's number."""
-    cell, n_runs = data["setups"][setup]["cells"][name], data["setups"][setup]["runs"]
-    s, paper, steps = cell["over_runs"], data["paper"][name], range(len(data["steps"]))
+    cell = data["setups"][setup]["cells"][name]
+    n_runs = data["setups"][setup]["runs"]
+    s = cell["over_runs"]
+    paper = data["paper"][name]
+    steps = range(len(data["steps"]))
     means = [f"diverges in {cell['dominated'][i]} of {n_runs} runs" if cell["dominated"][i]
              else f"{report.number(s['mean'][i])} ± {report.number(s['half'][i])}" for i in steps]
     spread = [f"{report.number(s['median'][i])} [{report.number(s['min'][i])}, "
@@ -79,11 +83,6 @@ def render(data):
             f"number is its mean over the tasks. Made by {commands}, then `{data['command']}`.\n")
 
 
-def table(loaded):
-    """comparison.md of the loaded results, as `python -m studies.compare` writes it."""
-    return render(numbers(loaded))
-
-
 def runs_figure(data):
     """Every run's K = 5 MSE after 1, 5 and 10 steps as a point, per setting and model, with the
     paper's numbers as marks: the distribution the means summarise."""
@@ -97,7 +96,8 @@ def runs_figure(data):
     for i, (ax, n) in enumerate(zip(axes, data["steps"])):
         for x, (setup, name) in enumerate((s, m) for m in MODELS for s in setups):
             means = np.array(data["setups"][setup]["cells"][name]["run_means"][i])
-            color, off = ("C0" if name == "MAML" else "C3"), means > TOP
+            color = "C0" if name == "MAML" else "C3"
+            off = means > TOP
             ax.plot(x + jitter[:len(means)][~off], means[~off], "o", color=color, ms=4,
                     alpha=0.7, mfc="none" if setup == "paper" else color)
             if off.any():  # runs a runaway task sent off the scale: a mark at the top, counted

@@ -65,10 +65,20 @@ def cpu_env(**extra):
     return env
 
 
-def numbers_in(text):
-    """Every number a page states, as written ('0.57', '3,000', the 43 of '43%'): a test of a page
-    checks that the JSON's numbers are among them, whatever the sentences around them say."""
-    return set(re.findall(r"\d+(?:,\d{3})*(?:\.\d+)?(?:e[+-]?\d+)?", text))
+def stated(page, heading=None):
+    """The numbers a page states in its prose, in order, as written ('0.57', '3,000', the 43 of
+    '43%'): of the section under `heading` (to the next ## heading), or of the whole page; its
+    code, snippet includes, maths, inline code, link targets, images and headings left out. Every
+    test of a page's numbers checks the JSON's against these, whatever the sentences around them
+    say: as a list, the numbers in order and no other; as a set, these among them."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    if heading is not None:
+        text = text[text.index(heading) + len(heading):]
+        text = text[:text.index("\n## ")] if "\n## " in text else text
+    for pattern in (r"```.*?```", r"\$\$.*?\$\$", r"\$[^$]*\$", r"`[^`]*`", r"\]\([^)]*\)",
+                    r"^[ \t]*--8<--[^\n]*", r"^#+ [^\n]*", r"!\[[^]]*\]"):
+        text = re.sub(pattern, " ", text, flags=re.S | re.M)
+    return re.findall(r"(?<![\w.])\d+(?:,\d{3})*(?:\.\d+)?", text)
 
 
 @pytest.fixture(scope="session")

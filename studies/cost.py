@@ -1,21 +1,19 @@
-"""What a meta-step costs: as the inner steps, the tasks and K grow, and where one step's time
-goes (step_costs, which studies/bench.py runs). Each size's meta-step (S inner steps in a lax.scan,
-second order, checkpointed or first order, then Adam) is compiled alone for XLA's count of its
-memory, and timed as experiment.py trains it, in interleaved rounds: cost.json, cost.md, cost.png.
+"""What a meta-step costs as the inner steps, the tasks and K grow. Each size's meta-step (S inner
+steps in a lax.scan, second order, checkpointed or first order, then Adam) is compiled alone for
+XLA's count of its memory, and timed as experiment.py trains it, in interleaved rounds: cost.json,
+cost.md, cost.png.
 
     python -m studies.cost                             # the full sweep, some minutes on 2 cores
     python -m studies.cost --quick --out /tmp/cost     # small sizes, seconds: a test
 """
 import os
-import re
 import statistics
 import time
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax import jit, lax, random, vmap
+from jax import random
 
 import experiment
 import maml
@@ -54,7 +52,9 @@ def compile_point(point, seconds_per_call):
     batch = maml.sample_tasks(random.PRNGKey(1), point["tasks"], point["K"])
     t0 = time.perf_counter()
     alone = step.lower(0, opt_state, *batch, PAPER["alpha"]).compile()
-    compile_s, m, times = time.perf_counter() - t0, alone.memory_analysis(), []
+    compile_s = time.perf_counter() - t0
+    m = alone.memory_analysis()
+    times = []
     for _ in range(4):  # the first warms up
         t0 = time.perf_counter()
         alone(0, opt_state, *batch, PAPER["alpha"])[1].block_until_ready()
@@ -74,7 +74,9 @@ def compile_point(point, seconds_per_call):
 def measure(points, sizes, log=print):
     """Every point's memory, then its time per step, the median of rounds: a call of each a round,
     every other round reversed (a busy spell slows a round, not a point)."""
-    measured, runs, compiled = [], [], {}
+    measured = []
+    runs = []
+    compiled = {}
     for point in points:
         size = tuple(point[k] for k in ("mode", "S", "tasks", "K"))  # in both sweeps: once
         if size not in compiled:
@@ -168,27 +170,25 @@ def growth_table(data):
             + program.table(["second order, S = 1", "a"], batch))
 
 
-def tables(data):
-    """cost.md: the conditions in one line, what a point is, then the three tables."""
-    (before, *_), (after, *_) = data["load"]  # over the last minute
-    steps, batch = (select(data["points"], sweep=s) for s in ("inner steps", "meta-batch"))
+def render(data):
+    """cost.md: what a point is, the three tables, and the conditions under them."""
+    steps = select(data["points"], sweep="inner steps")
+    batch = select(data["points"], sweep="meta-batch")
     fixed = sorted({(p["argument_bytes"], p["output_bytes"]) for p in steps})
     same = (f"arguments {preflight.readable(fixed[0][0])} and outputs "
             f"{preflight.readable(fixed[0][1])} in every mode and at every S" if len(fixed) == 1
             else "arguments and outputs vary: see cost.json")
     return "\n".join([
-        f"Measured on {program.environment_text(data['environment'])}; {data['when']}; load "
-        f"average (1 min) {before:.2f} before, {after:.2f} after; `{data['command']}`; "
-        f"time: the median of {data['rounds']} interleaved rounds.", "",
         "One meta-step: the gradient of the mean MAML loss of a meta-batch through S inner "
         "steps, then Adam. Memory is XLA's count for one call of the compiled step "
         "(`memory_analysis`); time is per meta-step of a chunk of steps in one `lax.scan`, as "
-        "`experiment.py` trains.", "",
+        f"`experiment.py` trains, the median of {data['rounds']} interleaved rounds.", "",
         f"**Inner steps** S, {PAPER['tasks']} tasks of K = {PAPER['K']}: XLA's temporaries, and "
         f"ms per meta-step; {same}.\n\n" + grid(steps, "S", "mode", ("S", "{}")),
         "**Meta-batch**, second order, S = 1: XLA's temporaries, its arguments (the tasks' points, "
         "the parameters and Adam's state), and ms per meta-step.\n\n"
-        + grid(batch, "tasks", "K", ("tasks", "K = {}"), arguments=True), growth_table(data)])
+        + grid(batch, "tasks", "K", ("tasks", "K = {}"), arguments=True), growth_table(data),
+        program.conditions(data), ""])
 
 
 def figure(data, path):
@@ -221,102 +221,22 @@ def figure(data, path):
     figures.save(fig, path)
 
 
-# -8<- [start:step_parts]
-def one_by_one(fn, calls):
-    """fn called from Python once for each arguments of `calls`: the cost of a call."""
-    return lambda: [fn(*args) for args in calls][-1]
-
-
-@jit
-def scanned(state, steps, batches, alpha):
-    """maml.step under lax.scan on batches given: the training loop's maths alone."""
-    def body(state, step_and_batch):
-        return maml.step(step_and_batch[0], state, *step_and_batch[1], alpha)
-    return lax.scan(body, state, (steps, batches))
-
-
-def step_parts(setup, n):
-    """{part: a run of n steps of it}: the parts that step_costs times apart."""
-    T, K, amp, alpha = setup["tasks"], setup["k"], setup["amp_range"], setup["alpha"]
-    key, (_, params) = random.PRNGKey(1), maml.net_init(random.PRNGKey(0), (-1, 1))
-    state, batch = maml.opt_init(params), maml.sample_tasks(key, T, K, amp)
-    keys = np.asarray(random.split(key, n))  # as train() draws them
-    steps = np.arange(n, dtype=np.int32)
-    presample = jit(vmap(partial(maml.sample_tasks, n_tasks=T, k=K, amp_range=amp)))
-    return dict(
-        maths=partial(scanned, state, steps, presample(keys), alpha),
-        presample=partial(presample, keys),
-        step_call=one_by_one(maml.step, [(i, state, *batch, alpha) for i in range(n)]),
-        sample_call=one_by_one(maml.sample_tasks, [(k, T, K, amp) for k in keys]),
-        fold_in_call=one_by_one(random.fold_in, [(key, i) for i in range(n)]),
-        nop_call=one_by_one(jit(jnp.negative), [(jnp.zeros(()),)] * n))
-# -8<- [end:step_parts]
-
-
-def xla_counts(setup):
-    """XLA's count of one compiled step's floating-point operations, and its compute kernels."""
-    state = maml.opt_init(maml.net_init(random.PRNGKey(0), (-1, 1))[1])
-    batch = maml.sample_tasks(random.PRNGKey(1), setup["tasks"], setup["k"], setup["amp_range"])
-    compiled = maml.step.lower(0, state, *batch, setup["alpha"]).compile()
-    cost = compiled.cost_analysis()
-    flops = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]  # a list in old jax
-    entry = compiled.as_text().split("ENTRY", 1)[1]
-    return flops, len(re.findall(r"= \S+ (?:fusion|dot|convolution|custom-call)\(", entry))
-
-
-def step_costs(setup, n=500, repeats=7):
-    """Where a step's time goes: each part's median of `repeats` rounds in µs a step (the parts
-    take turns, after an untimed round that compiles them), XLA's counts, a large product's rate."""
-    big = jnp.ones((2048, 2048))
-    parts = dict(step_parts(setup, n), big_matmul=partial(jnp.matmul, big, big))
-    times = {name: [] for name in parts}
-    for _ in range(repeats + 1):
-        for name, run in parts.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(run())
-            times[name].append(1e6 * (time.perf_counter() - t0) / n)
-    us = {name: statistics.median(t[1:]) for name, t in times.items()}
-    flops, kernels = xla_counts(setup)
-    return dict(calls=n, repeats=repeats, mflop=flops / 1e6, kernels=kernels,
-                big_gflops=2 * 2048 ** 3 / (n * us.pop("big_matmul")) / 1e3, us=us)
-
-
-STEP_ROWS = [  # the table of step_costs: a label, where in a setting's costs, the format
-    ("floating-point work of one step (XLA's count)", "mflop", "{:.2f} MFLOP"),
-    ("compute kernels of the compiled step (fusions and dots)", "kernels", "{}"),
-    ("float32 rate of a 2048 x 2048 by 2048 x 2048 product", "big_gflops", "{:.0f} GFLOP/s"),
-    ("the maths: maml.step under lax.scan, its batches given, µs", "maths", "{:.1f}"),
-    ("task sampling: one vmap over a chunk's keys, µs", "presample", "{:.1f}"),
-    ("maml.step, called from Python, µs", "step_call", "{:.1f}"),
-    ("maml.sample_tasks, called from Python, µs", "sample_call", "{:.1f}"),
-    ("random.fold_in, called from Python, µs", "fold_in_call", "{:.1f}"),
-    ("an empty jitted call from Python (the floor), µs", "nop_call", "{:.1f}")]
-
-
-def step_table(costs):
-    """Markdown: step_costs, a column for each setting."""
-    flat = [{**c, **c["us"]} for c in costs.values()]
-    return program.table(["", *costs], [[label, *(form.format(c[key]) for c in flat)]
-                                        for label, key, form in STEP_ROWS], "l" + "r" * len(costs))
-
-
 def main(argv=None):
     ap = program.parser("python -m studies.cost", __doc__.splitlines()[0], out="figures",
                         what="cost.json, cost.md and cost.png")
     ap.add_argument("--quick", action="store_true", help="small sizes and 2 rounds: a test")
-    ap.add_argument("--rounds", type=program.checked(int, lambda v: v >= 1, "a whole number >= 1"),
+    ap.add_argument("--rounds", type=program.at_least(1),
                     help="interleaved timing rounds (7; quick: 2)")
     args = program.parse(ap, argv)
     sizes = dict(QUICK if args.quick else FULL)
     sizes["rounds"] = args.rounds or sizes["rounds"]  # --rounds given, or the sweep's own
-    load_before, t0 = program.load(), time.perf_counter()
+    load_before = program.load()
+    t0 = time.perf_counter()
     points = measure(settings(sizes), sizes, log=partial(print, flush=True))
-    data = dict(command=program.command("studies.cost", args.argv),
-                environment=program.environment(program.jax_device()), when=program.now(),
-                load=[load_before, program.load()], seconds=time.perf_counter() - t0,
-                rounds=sizes["rounds"], setting=PAPER, sizes=sizes, points=points,
-                fits=[fit(s, points) for s in fit_specs(sizes)])
-    print(program.write(args.out, "cost", data, tables), end="")
+    data = dict(program.record("studies.cost", args.argv, program.jax_device(), [load_before]),
+                seconds=time.perf_counter() - t0, rounds=sizes["rounds"], setting=PAPER,
+                sizes=sizes, points=points, fits=[fit(s, points) for s in fit_specs(sizes)])
+    print(program.write(args.out, "cost", data, render), end="")
     figure(data, os.path.join(args.out, "cost.png"))
     print(f"cost.json, cost.md and cost.png written to {args.out}")
 

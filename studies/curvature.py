@@ -7,11 +7,12 @@ measures each held-out task's largest eigenvalue at the meta-learned parameters,
 whose MSE ended 10 steps higher than it started; it writes them as JSON, with the table the
 Results page shows. From the repository root:
 
-    python -m studies.curvature                 # figures/curvature.json and figures/curvature.txt
+    python -m studies.curvature                 # figures/curvature.json and figures/curvature.md
     python -m studies.curvature --tasks 40 --out /tmp/c   # the first 40 tasks, a quick look
     python -m studies.curvature --figures /tmp/runs   # the runs saved in /tmp/runs/{paper,code}
 """
 import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +23,6 @@ from jax.tree_util import tree_structure, tree_unflatten
 import experiment
 import maml
 from machinery import program, report
-from studies.variants import held_out_tasks
 
 
 # -8<- [start:eigenvalue]
@@ -102,12 +102,13 @@ def measure(folder, n_tasks=None):
     """One setup: for each K experiment.py evaluated MAML at, each run's run_record with the step
     size it adapted with, on experiment.py's held-out tasks (or their first n_tasks)."""
     params, results = load(folder)
-    x1, y1, x_test, y_test = held_out_tasks(results["seeds"][0], results["eval_tasks"],
-                                            tuple(results["setup"]["amp_range"]))
+    x1, y1, x_test, y_test = experiment.held_out_tasks(
+        results["seeds"][0], results["eval_tasks"], tuple(results["setup"]["amp_range"]))
     test = x1[:n_tasks], y1[:n_tasks], x_test, y_test[:n_tasks]
     ks = []
     for cell in (c for c in results["cells"] if c["model"] == "MAML"):
-        k, sizes = cell["k"], np.asarray(cell["step_sizes"], np.float32)
+        k = cell["k"]
+        sizes = np.asarray(cell["step_sizes"], np.float32)
         lam = np.asarray(all_eigenvalues(params, test[0][:, :k], test[1][:, :k]))
         curves = experiment.run_curves(params, test, k, sizes)
         runs = [run_record(seed, a, l, c)
@@ -118,69 +119,44 @@ def measure(folder, n_tasks=None):
                 tasks_measured=len(test[0]), ks=ks)
 
 
-HEADER = ["Largest eigenvalue lambda of each held-out task's support-loss Hessian at MAML's "
-          "meta-learned parameters,", "against 2 / alpha; 'worse': the task's MSE after 10 "
-          "steps of size alpha is above its MSE before adapting;", "'tasks' counts every task "
-          "of every run; 'both': tasks above 2 / alpha that also ended worse; 'worst MSE': the "
-          "highest", "MSE after 10 steps of any task of any run (inf: it overflowed)."]
-
-
 def render(data):
-    """The text table, from the data alone: one line per setup and K."""
-    lines = HEADER + [f"{'setup':<6}{'alpha':>7}{'2/alpha':>9}{'K':>4}{'runs':>6}{'tasks':>7}"
-                      f"{'median':>10}{'99th pct':>10}{'max':>10}{'> 2/alpha':>10}{'worse':>10}"
-                      f"{'both':>10}{'worst MSE':>11}"]
+    """curvature.md, from the data alone: a row per setup and K."""
+    rows = []
     for s in data["setups"]:
         for k in s["ks"]:
             n = k["summary"]
             worst = "inf" if n["overflowed"] else report.number(n["worst_mse"])
-            lines.append(f"{s['setup']:<6}{s['alpha']:>7g}{2 / s['alpha']:>9g}{k['k']:>4}"
-                         f"{n['runs']:>6}{n['tasks']:>7}{n['median']:>10.1f}{n['p99']:>10.1f}"
-                         f"{n['max']:>10.1f}{n['steep']:>10}{n['worse']:>10}{n['both']:>10}"
-                         f"{worst:>11}")
-    return "\n".join(lines) + "\n"
-
-
-def figures_parser(name, description, what):
-    """The parser of a study of saved runs: --out (figures), and --figures DIR, where they are."""
-    ap = program.parser(f"python -m studies.{name}", description, out="figures", what=what)
-    ap.add_argument("--figures", default=os.path.join(program.ROOT, "figures"), metavar="DIR",
-                    help="the folder that holds a folder of saved runs per setup (figures)")
-    return ap
-
-
-def check_saved(ap, args, setups, files):
-    """Stop in one line (exit 2) unless --figures holds each setup's saved `files`."""
-    for setup in setups:
-        folder = os.path.join(args.figures, setup)
-        missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
-        if missing:
-            ap.error(f"argument --figures: {folder} holds no {missing[0]}; save the runs with "
-                     f"python experiment.py --setup {setup} --out {folder}")
+            rows.append([s["setup"], f"{s['alpha']:g}", f"{2 / s['alpha']:g}", k["k"], n["runs"],
+                         f"{n['tasks']:,}", f"{n['median']:.1f}", f"{n['p99']:.1f}",
+                         f"{n['max']:.1f}", f"{n['steep']:,}", n["worse"], n["both"], worst])
+    return ("The largest eigenvalue lambda of each held-out task's support-loss Hessian at "
+            "MAML's meta-learned parameters, against 2 / alpha. Worse: the task's MSE after 10 "
+            "steps of size alpha is above its MSE before adapting. Tasks counts every task of "
+            "every run; both: tasks above 2 / alpha that also ended worse; worst MSE: the "
+            "highest MSE after 10 steps of any task of any run (inf: it overflowed).\n\n"
+            + program.table(["setup", "alpha", "2 / alpha", "K", "runs", "tasks", "median",
+                             "99th percentile", "max", "above 2 / alpha", "worse", "both",
+                             "worst MSE"], rows, "lrrrrrrrrrrrr"))
 
 
 def parse_args(argv=None):
-    ap = figures_parser("curvature", __doc__.splitlines()[0], "curvature.json and curvature.txt")
-    names = ", ".join(experiment.SETUPS)
-    known = program.checked(lambda text: text.split(","),
-                            lambda v: set(v) <= set(experiment.SETUPS),
-                            f"setups of experiment.py, comma-separated ({names})")
-    ap.add_argument("--setups", default="paper,code", type=known,
+    ap = program.figures_parser("curvature", __doc__.splitlines()[0],
+                                "curvature.json and curvature.md")
+    ap.add_argument("--setups", default="paper,code", type=program.some_of(experiment.SETUPS),
                     help="the setups to measure (paper,code)")
-    ap.add_argument("--tasks", type=program.checked(int, lambda n: n >= 1, "an integer >= 1"),
-                    help="only the first N held-out tasks")
+    ap.add_argument("--tasks", type=program.at_least(1), help="only the first N held-out tasks")
     args = program.parse(ap, argv)
-    check_saved(ap, args, args.setups, ("params.npz", "results.json"))
+    program.check_saved(ap, args, args.setups, ("params.npz", "results.json"))
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    load_before = program.load()
     setups = [measure(os.path.join(args.figures, s), args.tasks) for s in args.setups]
-    data = dict(command=program.command("studies.curvature", args.argv), setups=setups,
-                environment=program.environment(program.jax_device()), when=program.now(),
-                load=program.load())
-    print(program.write(args.out, "curvature", data, render, ".txt"), end="")
+    data = dict(program.record("studies.curvature", args.argv, program.jax_device(),
+                               [load_before]), setups=setups)
+    print(program.write(args.out, "curvature", data, render), end="")
 
 
 if __name__ == "__main__":

@@ -36,20 +36,22 @@ def host_and_port(text):
 ap = program.parser("python -m studies.distributed", __doc__.splitlines()[0],
                     out=os.path.join(tempfile.gettempdir(), "distributed"),
                     what="process{N}.npz, one file per process")
-count = {n: program.checked(int, lambda v, n=n: v >= n, f"an integer >= {n}") for n in (0, 1)}
 ap.add_argument("--coordinator", type=program.checked(host_and_port, bool,
                                                       "host:port, a port in 1-65535"),
                 help="host:port of process 0; leave out to run as a single process")
-ap.add_argument("--num-processes", type=count[1], default=1, help="processes in all (1)")
-ap.add_argument("--process-id", type=count[0], default=0, help="this one's, from 0 (0)")
-ap.add_argument("--steps", type=count[1], default=5, help="meta-steps to run (5)")
+ap.add_argument("--num-processes", type=program.at_least(1), default=1,
+                help="processes in all (1)")
+ap.add_argument("--process-id", type=program.at_least(0), default=0,
+                help="this one's, from 0 (0)")
+ap.add_argument("--steps", type=program.at_least(1), default=5, help="meta-steps to run (5)")
 args = program.parse(ap)
 if args.process_id >= args.num_processes:  # what no single flag's type can check
     ap.error(f"argument --process-id: expected below --num-processes "
              f"({args.num_processes}), got {args.process_id}")
 if args.num_processes > 1 and not args.coordinator:
     ap.error("argument --num-processes: more than one process needs --coordinator host:port")
-INIT_SEED, TASK_SEED = 0, 1
+INIT_SEED = 0  # the parameters' key
+TASK_SEED = 1  # the meta-batches' key
 
 # -8<- [start:initialize]
 # Before anything touches a device: join the other processes. Afterwards jax.devices()

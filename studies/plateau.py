@@ -21,8 +21,6 @@ from jax.tree_util import tree_map
 import experiment
 import maml
 from machinery import program, report
-from studies.curvature import check_saved, figures_parser
-from studies.variants import held_out_tasks
 
 SLOW = 5_000  # a run is slow if its training loss leaves the plateau after this step, or never
 GRID = {("stax", 0.01): "paper", ("code", 0.001): "code",  # covered by the twenty-run results
@@ -53,9 +51,11 @@ def train_maml(setup, seeds, blocks, test_seed=0, n_tasks=600):
     params = vmap(experiment.INITS[setup["init"]])(keys[0])
     compiled = experiment.compile_training(maml.step, tree_map(lambda a: a[0], params), setup,
                                            len(seeds))
-    test = held_out_tasks(test_seed, n_tasks, setup["amp_range"])
+    test = experiment.held_out_tasks(test_seed, n_tasks, setup["amp_range"])
     alphas = np.full(len(seeds), setup["alpha"], np.float32)
-    state, losses, after = vmap(maml.opt_init)(params), [], []
+    state = vmap(maml.opt_init)(params)
+    losses = []
+    after = []
     for b in range(blocks):
         stream = keys[1] if b == 0 else np.asarray(vmap(random.fold_in, (0, None))(keys[1], b))
         state, block, _ = experiment.train(  # no progress lines: the print below says enough
@@ -103,14 +103,12 @@ def measure(args):
                  for name in ("code", "paper")}
     setups = {name: dict(experiment.SETUPS[name], steps=args.steps or
                          experiment.SETUPS[name]["steps"]) for name in committed}
-    return dict(command=program.command("studies.plateau", args.argv), slow_after=SLOW,
+    return dict(slow_after=SLOW,
                 window=report.PLATEAU_WINDOW, committed=committed,
                 catch_up={name: catch_up(name, runs, setups[name], args)
                           for name, runs in committed.items()},
                 grid=[dict(init=init, alpha=alpha, **grid_cell(init, alpha, committed, args))
-                      for init, alpha in GRID],
-                environment=program.environment(program.jax_device()), when=program.now(),
-                load=program.load())
+                      for init, alpha in GRID])
 
 
 def steps_text(leaves):
@@ -170,17 +168,23 @@ def render(data):
 
 
 def parse_args(argv=None):
-    ap = figures_parser("plateau", __doc__.splitlines()[0], "plateau.json and plateau.md")
+    ap = program.figures_parser("plateau", __doc__.splitlines()[0],
+                                "plateau.json and plateau.md")
     ap.add_argument("--quick", action="store_true", help="300 steps, 2 runs a cell, 50 tasks")
     args = program.parse(ap, argv)
-    check_saved(ap, args, ("code", "paper"), ("results.json",))
-    args.steps, args.grid_runs, args.eval_tasks = (300, 2, 50) if args.quick else (None, 10, 600)
+    program.check_saved(ap, args, ("code", "paper"), ("results.json",))
+    args.steps = 300 if args.quick else None  # None: each setup's own
+    args.grid_runs = 2 if args.quick else 10
+    args.eval_tasks = 50 if args.quick else 600
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    data = report.plain(measure(args))
+    load_before = program.load()
+    measured = measure(args)
+    data = report.plain(dict(program.record("studies.plateau", args.argv,
+                                            program.jax_device(), [load_before]), **measured))
     print(program.write(args.out, "plateau", data, render), end="")
 
 

