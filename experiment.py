@@ -7,9 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import jit, lax, random, vmap
+from jax.extend.random import threefry_2x32
 from jax.tree_util import tree_leaves, tree_map
 
-from machinery import checkpoint, preflight, program, report
+from machinery import checkpoint, flags, preflight, program, report
 from maml import (get_params, inner_update, loss, net_init, opt_init, opt_update,
                   sample_sinusoids, sample_tasks, step)
 
@@ -84,53 +85,77 @@ def train_chunk(opt_state, keys, steps, amp_range, alpha, *, step_fn, n_tasks, k
 
 
 # -8<- [start:chunks]
-def chunks(n_steps, n_chunks=20, longest=5_000):
-    """(start, stop) of about n_chunks chunks, none over `longest` steps."""
-    size = min(-(-n_steps // n_chunks), longest)
-    return [(a, min(a + size, n_steps)) for a in range(0, n_steps, size)]
+def chunk_size(n_steps):
+    """Steps per chunk: about 20 chunks, none over 5,000 steps (a chunk's tasks are
+    drawn at once: its length sets the memory); the last chunk holds what is left."""
+    return min(-(-n_steps // 20), 5_000)
 
 
-def step_keys(keys, n_steps):
-    """Each run's key split into a key per step, on the host: (n_steps, runs, 2)."""
-    return np.stack([np.asarray(random.split(key, n_steps)) for key in keys], axis=1)
+def step_keys(keys, n_steps, a, b):
+    """Steps a to b of each run's stream, (b - a, runs, 2): run r's step i trains on
+    random.split(keys[r], n_steps)[i], made for those steps alone from threefry's
+    counters, laid out as split lays them (test_experiment checks it against split)."""
+    if jax.config.jax_threefry_partitionable:  # jax >= 0.5: key i is block (0, i)
+        i = np.arange(a, b)
+        return threefry(keys, i >> 32, i).swapaxes(0, 1)
+    # before: the 2n words of blocks (j, n + j), j < n, all first words, then all second
+    # words; key i is words 2i and 2i + 1
+    w = np.arange(2 * a, 2 * b)
+    blocks = threefry(keys, w % n_steps, w % n_steps + n_steps)
+    words = blocks[:, np.arange(len(w)), w // n_steps]
+    return words.reshape(len(keys), b - a, 2).swapaxes(0, 1)
+
+
+def threefry(keys, x0, x1):
+    """Each key's threefry-2x32 blocks at the counters (x0[i], x1[i]): (runs, i, 2)."""
+    words = each_key_threefry(keys, np.concatenate([x0, x1]).astype(np.uint32))
+    return np.asarray(words).reshape(len(keys), 2, -1).swapaxes(1, 2)
+
+
+each_key_threefry = jit(vmap(threefry_2x32, (0, None)))
 
 
 def compile_training(step_fn, params, setup, runs):
-    """train_chunk compiled from shapes for each chunk length and `runs` runs."""
+    """train_chunk compiled from shapes for each chunk length and `runs` runs of
+    parameters shaped like `params` (one run's)."""
     state = jax.eval_shape(vmap(opt_init, None, axis_size=runs), params)
     static = dict(step_fn=step_fn, n_tasks=setup["tasks"], k=setup["k"])
+    size = chunk_size(setup["steps"])
+    last = (setup["steps"] - 1) % size + 1  # the last chunk's length
     return {n: train_chunk.lower(state, jax.ShapeDtypeStruct((n, runs, 2), jnp.uint32),
                                  jax.ShapeDtypeStruct((n,), jnp.int32),
                                  setup["amp_range"], setup["alpha"], **static).compile()
-            for n in {b - a for a, b in chunks(setup["steps"])}}
+            for n in {size, last}}
 # -8<- [end:chunks]
 
 
 # -8<- [start:train]
-def train(compiled, state, keys, setup, name, log=print, resume=(0, ()), at_chunk=None):
+def train(compiled, state, keys, setup, name, start=(0, ()), at_chunk=None):
     """Train Adam's state (run axis first) on keys[r]'s tasks: the state, losses (steps,
-    runs), seconds per step. resume=(offset, losses) goes on after those losses, steps
-    numbered from offset; at_chunk(state, done, losses) after each chunk."""
-    n_steps, spans = setup["steps"], chunks(setup["steps"])
-    all_keys = step_keys(keys, n_steps)  # run r, step i: all_keys[i, r]
-    offset, before = resume
-    losses = [np.asarray(before)] if len(before) else []
-    done = first = len(before)
-    t0 = t_steady = time.perf_counter()
-    for c, (a, b) in enumerate((a, b) for a, b in spans if b > done):
-        if c == 1:  # the first chunk warms up the runtime: time what follows
-            t_steady, first = time.perf_counter(), a
-        state, chunk_losses = compiled[b - a](state, all_keys[a:b], np.arange(
-            offset + a, offset + b, dtype=np.int32), setup["amp_range"], setup["alpha"])
-        losses.append(np.asarray(chunk_losses))  # waits for the chunk: honest progress
-        report.stop_if_diverged(losses[-1], name, offset + a, len(keys))
-        report.progress(log, name, (done, b, n_steps), losses[-1], t0,
-                        (c + 1) % -(-len(spans) // 20) == 0)  # every 1/20 of the run
+    runs), seconds per step. start: the number of step 0, and the losses of the steps
+    already trained, to go on after; at_chunk(state, losses so far) after each chunk."""
+    n_steps = setup["steps"]
+    offset, before = start
+    done = len(before)
+    losses = np.empty((n_steps, len(keys)), np.float32)
+    losses[:done] = np.reshape(before, (done, len(keys)))
+    size = chunk_size(n_steps)
+    t_steady = None
+    for a in range(done, n_steps, size):  # counted, never listed: --steps may be 10**13
+        b = min(a + size, n_steps)
+        if t_steady is None and a > done:  # the first chunk warms up: time the rest
+            t_steady = time.perf_counter()
+            timed = n_steps - a
+        state, chunk_losses = checkpoint.computed(  # where a Ctrl-C is seen at once
+            compiled[b - a], state, step_keys(keys, n_steps, a, b),
+            np.arange(offset + a, offset + b, dtype=np.int32), setup["amp_range"],
+            setup["alpha"])
+        losses[a:b] = chunk_losses  # the chunk is done: honest progress
+        report.stop_if_diverged(losses[a:b], name, offset + a, len(keys))
         if at_chunk is not None:
-            at_chunk(state, b, np.concatenate(losses))
-    took = time.perf_counter() - t_steady
-    steady = took / (n_steps - first) if first > done else np.nan
-    return state, np.concatenate(losses), steady
+            at_chunk(state, losses[:b])
+    steady = np.nan if t_steady is None else (time.perf_counter() - t_steady) / timed
+    return state, losses, steady
 # -8<- [end:train]
 
 
@@ -183,7 +208,8 @@ def run_curves(params, tasks, k, alphas, n_steps=max(EVAL_STEPS), update=inner_u
 def tune_step_size(params, tasks, k,
                    candidates=(1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2)):
     """Each run's step size for the baseline: the candidate of least validation MSE."""
-    runs, scores = len(tree_leaves(params)[0]), []
+    runs = len(tree_leaves(params)[0])
+    scores = []
     for a in candidates:
         c = run_curves(params, tasks, k, np.full(runs, a, np.float32))[:, :, [1, 5, 10]]
         finite = np.isfinite(c).all(axis=(1, 2))
@@ -197,7 +223,8 @@ def evaluate(params, setup, args, keys):
     """Both models' test MSE curves per K; exit 1 if a run diverges on most tasks."""
     val, test = (eval_tasks(key, args.eval_tasks, max(EVAL_KS), setup["amp_range"])
                  for key in keys)
-    curves, step_sizes = {}, {}
+    curves = {}
+    step_sizes = {}
     for k in EVAL_KS:
         for name in params:
             step_sizes[name, k] = np.full(args.seeds, setup["alpha"], np.float32) \
@@ -211,80 +238,51 @@ def evaluate(params, setup, args, keys):
 # -8<- [end:evaluate]
 
 
-# -8<- [start:parse_args]
-def parse_args(argv=None):
-    """The flags and the setup they choose (preflight.py defines and checks them)."""
-    return preflight.parse_args(argv, SETUPS, DEFAULT)
-
-
+# -8<- [start:keys]
 def run_keys(seed, runs):
-    """Keys (5, runs, 2): init, MAML's tasks, the baseline's, validation, test."""
-    return np.stack([np.asarray(random.split(random.PRNGKey(seed + r), 5))
-                     for r in range(runs)], 1)
-# -8<- [end:parse_args]
+    """Keys (5, runs, 2): init, MAML's tasks, the baseline's, validation, test; run r's
+    from seed + r (one program for every run: --seeds may be large)."""
+    seeds = np.arange(seed, seed + runs, dtype=np.uint32)
+    split = vmap(lambda s: random.split(random.PRNGKey(s), 5), out_axes=1)
+    return np.asarray(split(seeds))
+# -8<- [end:keys]
 
 
-# The code a checkpoint's numbers depend on beyond the flags: a resume refuses others.
-CODE = [SETUPS, EVAL_KS, EVAL_STEPS, code_init, stax_init, pretrain_loss]
+MODELS = {"MAML": step, "pretrained": pretrain_step}  # each model's training step
 
 
-# -8<- [start:compile_evaluation]
-def compile_evaluation(setup, args, params):
-    """The evaluation's programs compiled for params' runs: XLA counts their memory."""
-    key = random.PRNGKey(0)
-    draw = partial(eval_tasks, n_tasks=args.eval_tasks, k=max(EVAL_KS),
-                   amp_range=setup["amp_range"])
-    curves = vmap(partial(adaptation_curves, n_steps=max(EVAL_STEPS)),
-                  in_axes=(0, None, None, None, None, 0))
-    return [jit(draw).lower(key).compile(), jit(curves).lower(
-        params, *jax.eval_shape(draw, key), np.ones(args.seeds, np.float32)).compile()]
-# -8<- [end:compile_evaluation]
-
-
-# -8<- [start:train_both]
-def train_both(ap, args, setup, init, streams, stopper):
-    """Compile, check memory, train both models (from a checkpoint on --resume)."""
-    t0, mark = time.perf_counter(), checkpoint.fingerprint(args, setup, CODE)
-    fresh = vmap(opt_init)(init)  # Adam's state at step 0, of both models
-    saved = checkpoint.open_run(ap.error, args.out, mark, fresh, args.resume)
-    preflight.check_tasks(ap.error, args, setup, chunks(setup["steps"])[0][1])
-    one = tree_map(lambda a: a[0], init)
-    compiled = {name: compile_training(fn, one, setup, args.seeds)
-                for name, fn in (("MAML", step), ("pretrained", pretrain_step))}
-    preflight.check_compiled(ap.error, args, setup, [
-        c for loops in compiled.values() for c in loops.values()],
-        compile_evaluation(setup, args, init))
-    print(f"compiled in {time.perf_counter() - t0:.1f} s; memory checked")
-    stopper.stop_if_asked("experiment.py: stopped before training; nothing was written")
-    checkpoint.begin(ap.error, args.out)
-    params, losses, per_step = {}, {}, {}
-    for name, keys in zip(compiled, streams):
-        opt_state, _, before = saved.get(name, (fresh, 0, []))
-        opt_state, losses[name], per_step[name] = train(
-            compiled[name], opt_state, keys, setup, name, resume=(0, before),
-            at_chunk=checkpoint.saver(args, mark, saved, name, stopper, setup["steps"]))
-        params[name] = get_params(opt_state)
-    ms = 1e3 * per_step["MAML"]
-    print(report.speed_line(ms, args.seeds))
-    return params, losses, ms
-# -8<- [end:train_both]
+# -8<- [start:compile_all]
+def compile_all(args, setup):
+    """Both models' training loops, compiled from shapes, once the run is known to fit
+    in memory: counted from the flags before compiling, then by XLA's count of these
+    loops and of the evaluation's (compiled for that count alone)."""
+    one = jax.eval_shape(INITS[setup["init"]], random.PRNGKey(0))  # a run's parameters
+    preflight.check_sizes(args, setup, chunk_size(setup["steps"]),
+                          sum(leaf.size for leaf in tree_leaves(one)))
+    loops = {name: compile_training(fn, one, setup, args.seeds)
+             for name, fn in MODELS.items()}
+    tasks = jax.eval_shape(partial(eval_tasks, n_tasks=args.eval_tasks, k=max(EVAL_KS),
+                                   amp_range=setup["amp_range"]), random.PRNGKey(0))
+    params = jax.eval_shape(vmap(INITS[setup["init"]]),
+                            jax.ShapeDtypeStruct((args.seeds, 2), jnp.uint32))
+    curves = jit(vmap(partial(adaptation_curves, n_steps=max(EVAL_STEPS)),
+                      in_axes=(0, None, None, None, None, 0)))
+    alphas = jax.ShapeDtypeStruct((args.seeds,), jnp.float32)
+    evaluation = curves.lower(params, *tasks, alphas).compile()
+    preflight.check_compiled(args, setup, [c for loop in loops.values()
+                                           for c in loop.values()], evaluation)
+    return loops
+# -8<- [end:compile_all]
 
 
 # -8<- [start:main]
-def main(argv=None):
-    with checkpoint.Stopper() as stopper:
-        run(*parse_args(argv), stopper)
-
-
-def run(args, setup, ap, stopper):
-    print(report.run_line(args, setup, jax.devices()[0].platform))
-    k_init, k_maml, k_base, k_val, k_test = run_keys(args.seed, args.seeds)
-    with checkpoint.removed_on_failure(args.out):
-        init = vmap(INITS[setup["init"]])(k_init)
-        params, losses, ms = train_both(ap, args, setup, init, (k_maml, k_base),
-                                        stopper)
-        test, curves, step_sizes = evaluate(params, setup, args, (k_val[0], k_test[0]))
-    stopper.stop_if_asked(checkpoint.stopped(args, "after training"))
+def write_results(args, setup, trained, evaluated):
+    """results.json, results.txt (its table printed), the figures and params.npz."""
+    test, curves, step_sizes = evaluated
+    params = {name: get_params(state) for name, (state, _, _) in trained.items()}
+    losses = {name: steps for name, (_, steps, _) in trained.items()}
+    ms = 1e3 * trained["MAML"][2]
+    print(report.speed_line(ms, args.seeds))
     paper = setup["amp_range"] == SETUPS["paper"]["amp_range"]  # its tasks, its numbers
     results = report.results_data(
         command=program.command("experiment.py", args.argv), setup_name=args.setup,
@@ -295,7 +293,27 @@ def run(args, setup, ap, stopper):
         inner_steps, static_argnames="n_steps"))
     print("\n" + table.split("\n", 1)[1], end="")
     print(f"figures, params.npz, results.json and results.txt written to {args.out}/")
-    checkpoint.remove(args.out)  # finished: the results are the record
+    return results
+
+
+def main(argv=None):
+    args, setup = flags.parse(argv, SETUPS, DEFAULT)
+    with checkpoint.opened(args, setup) as run:  # its folder: lock, resume, Ctrl-C
+        print(report.run_line(args, setup, jax.devices()[0].platform))
+        t0 = time.perf_counter()
+        compiled = run.before_training(compile_all, args, setup)
+        print(f"compiled in {time.perf_counter() - t0:.1f} s; memory checked")
+        k_init, k_maml, k_base, k_val, k_test = run_keys(args.seed, args.seeds)
+        fresh = vmap(opt_init)(vmap(INITS[setup["init"]])(k_init))  # Adam's, at step 0
+        trained = {}
+        for name, keys in zip(MODELS, (k_maml, k_base)):
+            state, before = run.resumed(name, fresh)
+            trained[name] = train(compiled[name], state, keys, setup, name, (0, before),
+                                  run.at_chunk(name))
+        params = {name: get_params(state) for name, (state, _, _) in trained.items()}
+        evaluated = evaluate(params, setup, args, (k_val[0], k_test[0]))
+        run.stop_if_asked("after training")  # before anything is written
+        results = write_results(args, setup, trained, evaluated)
     print(*report.plateau_note(results), sep="", end="")
 
 

@@ -1,43 +1,39 @@
-"""A run that survives being killed: saved whole at chunk boundaries, resumed bit for
-bit, stopped by Ctrl-C or SIGTERM at a boundary, one live run per folder. The state is
-each model's Adam state, losses and step (tasks come from keys derived from the seed):
-an .npz, with a checksum and a JSON record of what made it (flags, setups, versions).
+"""A run's folder, where experiment.py meets its lock, checkpoint, resume and Ctrl-C:
+one context manager, `opened`. Each piece against what it protects: the checkpoint (each
+model's Adam state and losses, at chunk ends), a killed run's lost training; its record,
+going on with another run's; write_whole's rename after an fsync, a torn file; flock on
+the folder, two live runs in one folder; the handler, a Ctrl-C that loses work.
 """
+import concurrent.futures
 import contextlib
-import hashlib
-import inspect
 import json
 import os
-import shlex
 import signal
 import sys
 import time
 import zipfile
 
+import jax
 import numpy as np
 from jax.tree_util import tree_leaves, tree_structure, tree_unflatten
 
+from machinery import flags, report
+from machinery.flags import PROG, Refused
 from machinery.program import remove_torn, write_whole
 
 NAME = "checkpoint.npz"
-
-
-class Refused(Exception):
-    """A checkpoint not to resume (foreign, truncated, corrupt): its one-line reason."""
+STOP_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as in shells
 
 
 # -8<- [start:save]
-def save(folder, fingerprint, progress):
-    """Save progress: each model's (opt_state, done, losses), its state after `done`
-    steps and their losses. A crash at any instant leaves the last one or this one."""
-    arrays, models = {}, {}
-    for name, (opt_state, done, losses) in progress.items():
+def save(folder, record, progress):
+    """Save progress: {model: (its Adam state, the losses of the steps it trained)}. A
+    crash at any instant leaves the last checkpoint or this one, whole."""
+    arrays = {"record": np.frombuffer(json.dumps(record).encode(), np.uint8)}
+    for name, (opt_state, losses) in progress.items():
         leaves = tree_leaves(opt_state)
         arrays |= {f"{name}/{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
         arrays[f"{name}/losses"] = np.asarray(losses, np.float32)
-        models[name] = dict(done=int(done), leaves=len(leaves))
-    meta = dict(fingerprint=fingerprint, models=models, checksum=checksum(arrays))
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
 
     def dump(f):
         np.savez(f, **arrays)
@@ -47,125 +43,33 @@ def save(folder, fingerprint, progress):
 # -8<- [end:save]
 
 
-def fingerprint(args, setup, code):
-    """What a resumed checkpoint must match: the flags and setup, the versions (another
-    jax draws other bits), a hash of the code's setups (functions by their source)."""
-    import jax
-    import jaxlib
-
-    text = json.dumps([inspect.getsource(c) if callable(c) else c for c in code],
-                      default=str)
-    mark = dict(setup, name=args.setup, seed=args.seed, seeds=args.seeds,
-                eval_tasks=args.eval_tasks, jax=jax.__version__,
-                jaxlib=jaxlib.__version__,
-                setups=hashlib.sha256(text.encode()).hexdigest()[:16])
-    return json.loads(json.dumps(mark))  # as a saved one reads back: tuples as lists
-
-
-def saver(args, mark, saved, name, stopper, steps):
-    """train's at_chunk for model `name`: save both models, then stop if asked. A save
-    (its fsync: tens of ms) may outlast a small run's chunk: none under
-    --checkpoint-every seconds after the last, unless stopping or done."""
-    last = [time.monotonic()]
-
-    def at_chunk(opt_state, done, losses):
-        saved[name] = (opt_state, done, losses)
-        recent = time.monotonic() - last[0] < args.checkpoint_every
-        if stopper.signal is None and done < steps and recent:
-            return
-        save(args.out, mark, saved)
-        last[0] = time.monotonic()
-        stopper.stop_if_asked(stopped(args, f"at {name}'s step {done:,}"))
-    return at_chunk
-
-
-def stopped(args, where):
-    """The line a stopped run ends with: where, and the command that goes on, as typed
-    (a recorded command hides this machine's paths; this one is to paste here)."""
-    again = shlex.join(["python", "experiment.py", *args.argv, "--resume"])
-    return (f"experiment.py: stopped {where}; the checkpoint in {args.out}/ holds it. "
-            f"To go on: {again}")
-
-
-def checksum(arrays):
-    """SHA-256 over every array's name, shape, type and bytes, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}:{a.shape}:{a.dtype}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def load(folder, fingerprint, structure):
-    """The progress saved in folder, None without a checkpoint; Refused if it is
-    foreign, truncated or corrupt. structure: the tree structure of a model's opt_state
-    (every model's: they are the same network)."""
-    path = os.path.join(folder, NAME)
-    if not os.path.exists(path):
-        return None
+def load(path):
+    """The record and the progress {model: (its state's leaves, losses)} saved at path;
+    Refused if it cannot be read (zip's CRC of each array finds a changed byte)."""
     try:
         with np.load(path) as f:
             arrays = {name: f[name] for name in f.files}
-        meta = json.loads(arrays.pop("meta").tobytes())
+        record = json.loads(arrays.pop("record").tobytes())
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise Refused(f"{path} is truncated or corrupt ({type(e).__name__}); delete it "
+        raise Refused("--out", f"{path} cannot be read ({type(e).__name__}); delete it "
                       "to start again") from None
-    if meta.get("checksum") != checksum(arrays):
-        raise Refused(f"{path} is corrupt (its checksum does not match); delete it to "
-                      "start again")
-    saved = meta["fingerprint"]
-    if saved != fingerprint:
-        key = next(k for k in sorted({*saved, *fingerprint})
-                   if saved.get(k) != fingerprint.get(k))
-        raise Refused(f"{path} was made by another run: its {key} is "
-                      f"{saved.get(key)!r}, this run's {fingerprint.get(key)!r}; "
-                      "resume it with its own command, or choose another --out")
     progress = {}
-    for name, m in meta["models"].items():
-        leaves = [arrays[f"{name}/{i}"] for i in range(m["leaves"])]
-        progress[name] = (tree_unflatten(structure, leaves), m["done"],
-                          arrays[f"{name}/losses"])
-    return progress
+    for name in sorted({key.split("/")[0] for key in arrays}):
+        leaves = [arrays[f"{name}/{i}"] for i in range(len(arrays))
+                  if f"{name}/{i}" in arrays]
+        progress[name] = (leaves, arrays[f"{name}/losses"])
+    return record, progress
 
 
-def remove(folder):
-    """A finished run leaves no checkpoint behind: its results are the record."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(folder, NAME))
+def record(args, setup):
+    """What a resumed run must share with the checkpoint's to end bit for bit: the
+    setup's values, the seeds, and jax's version (another draws other bits)."""
+    import jax
+    import jaxlib
 
-
-def open_run(error, folder, fingerprint, fresh, resume):
-    """Before compiling: the progress to resume (its states shaped like `fresh`, a new
-    run's), {} for a fresh start; error (one line) if a live run holds `folder`, or for
-    a checkpoint that is torn, foreign or unasked (without --resume: a checkpoint is
-    never overwritten)."""
-    if os.path.isdir(folder) and not lock(folder, hold=False):
-        error(f"argument --out: another run is writing to {folder!r} (a live process "
-              "holds it); wait for it to end, or choose another --out")
-    try:
-        progress = load(folder, fingerprint, tree_structure(fresh)) or {}
-    except Refused as e:
-        error(f"argument --resume: {e}")
-    if progress and not resume:
-        done = ", ".join(f"{name} {p[1]:,} steps" for name, p in progress.items())
-        error(f"argument --out: {folder!r} holds the checkpoint of an unfinished run "
-              f"({done} done): add --resume to go on with it, or choose another --out")
-    return progress
-
-
-def begin(error, folder):
-    """Make the folder and hold it, just before training (a refusal leaves none); then
-    remove the half-written files (write_whole's NAME.PID.part) of a run killed
-    mid-write: no live run writes here now."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        error(f"argument --out: cannot make the folder {folder!r} ({e.strerror})")
-    if not lock(folder):
-        error(f"argument --out: another run is writing to {folder!r} (a live process "
-              "holds it)")
-    remove_torn(folder)
+    mark = dict(setup, seed=args.seed, seeds=args.seeds, jax=jax.__version__,
+                jaxlib=jaxlib.__version__)
+    return json.loads(json.dumps(mark))  # as a saved one reads back: tuples as lists
 
 
 def lock(folder, hold=True):
@@ -187,45 +91,162 @@ def lock(folder, hold=True):
     return True  # else fd stays open, and the lock held, until the process ends
 
 
+def busy(folder):
+    """The refusal of a folder that a live run holds."""
+    return Refused("--out", f"another run is writing to {folder!r} (a live process "
+                   "holds it); wait for it to end, or choose another --out")
+
+
+def remove(folder):
+    """A finished run leaves no checkpoint behind: its results are the record."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(folder, NAME))
+
+
+def computed(fn, *args):
+    """fn(*args), computed to the end by XLA in a thread while this one waits in Python,
+    where a signal's handler runs at once: inside XLA Python runs none (and up to jax
+    0.4.30 a CPU computation holds even the call that starts it)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: jax.block_until_ready(fn(*args))).result()
+
+
+# -8<- [start:opened]
 @contextlib.contextmanager
-def removed_on_failure(folder):
-    """A run that diverges (exit 1) leaves no checkpoint or emptied folder: it would
-    diverge again. A stopped run (130, 143) keeps its checkpoint."""
+def opened(args, setup):
+    """The run of these flags in its folder (a Run), for the with block. A refusal
+    (flags.Refused) stops it in one line, exit 2; a diverged run (exit 1) leaves no
+    checkpoint or emptied folder, since it would diverge again; a stopped one (130,
+    143) keeps its checkpoint; a finished one removes it, its results the record."""
+    before = {s: signal.getsignal(s) for s in STOP_CODES}
     try:
-        yield
-    except SystemExit as e:
-        if e.code not in (*STOP_CODES.values(), 0, 2, None):
-            remove(folder)
+        yield Run(args, setup)
+    except Refused as refusal:
+        flags.exit_refused(refusal)
+    except SystemExit as stop:
+        if stop.code not in (*STOP_CODES.values(), 0, 2, None):
+            remove(args.out)
             with contextlib.suppress(OSError):
-                os.rmdir(folder)  # only if now empty
+                os.rmdir(args.out)  # only if now empty
         raise
+    else:
+        remove(args.out)
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+# -8<- [end:opened]
 
 
 # -8<- [start:stopping]
-STOP_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as in shells
+class Run:
+    """A run in its folder: what it resumes, the wait before training, train's hook."""
 
-
-class Stopper:
-    """The first Ctrl-C or SIGTERM asks to stop at the next chunk boundary (after its
-    checkpoint); a second stops at once, leaving the previous checkpoint."""
-
-    signal = None  # the signal that asked, once one has
-
-    def __enter__(self):
-        self.before = {s: signal.signal(s, self.ask) for s in STOP_CODES}
-        return self
+    def __init__(self, args, setup):
+        self.signal = None  # the signal that asked to stop, once one has
+        for s in STOP_CODES:
+            signal.signal(s, self.ask)
+        self.folder = args.out
+        self.every = args.checkpoint_every
+        self.record = record(args, setup)
+        self.command = flags.typed(args)
+        self.last_save = time.monotonic()
+        self.saved = self.leftover(args.resume)  # {model: (opt_state, losses)}
 
     def ask(self, signum, frame):
+        """The first Ctrl-C or SIGTERM asks to stop at the next chunk boundary, after
+        its save; a second stops at once (the default handler), leaving the last."""
         self.signal = signum
-        signal.signal(signum, signal.SIG_DFL)  # the next one stops at once
+        signal.signal(signum, signal.SIG_DFL)
 
-    def __exit__(self, *exc):
-        for s, handler in self.before.items():
-            signal.signal(s, handler)
-
-    def stop_if_asked(self, line):
-        """At a boundary, after any checkpoint: exit 130 or 143 with one line."""
+    def stop_if_asked(self, where):
+        """If a signal asked: exit 130 or 143, in one line with the command to go on."""
         if self.signal is not None:
-            print(line, file=sys.stderr)
+            print(f"{PROG}: stopped {where}; the checkpoint in {self.folder}/ holds "
+                  f"it. To go on: {self.command} --resume", file=sys.stderr)
             sys.exit(STOP_CODES[self.signal])
-# -8<- [end:stopping]
+
+    def before_training(self, prepare, *args):
+        """prepare(*args) (compiling, the memory check: seconds to minutes) in a thread,
+        waited for here, where a signal's handler runs at once (inside XLA's compiler
+        Python runs none): a Ctrl-C ends the run at once, nothing written. Then the
+        folder is made and held, and a killed run's half-written files removed."""
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        future = pool.submit(prepare, *args)
+        pool.shutdown(wait=False)  # its thread ends with prepare
+        while self.signal is None and not future.done():
+            concurrent.futures.wait([future], timeout=0.1)
+        if self.signal is not None:  # a compiler cannot be interrupted: end the process
+            print(f"{PROG}: stopped before training; nothing was written",
+                  file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(STOP_CODES[self.signal])
+        prepared = future.result()
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+        except OSError as e:
+            raise Refused("--out", f"cannot make the folder {self.folder!r} "
+                          f"({e.strerror})") from None
+        if not lock(self.folder):
+            raise busy(self.folder)
+        remove_torn(self.folder)  # no live run writes here now
+        return prepared
+    # -8<- [end:stopping]
+
+    def leftover(self, resume):
+        """Before compiling: the progress to resume, {} to start. Refused if a live run
+        holds the folder, or for a checkpoint that cannot be read, is another run's,
+        or was not asked for (a checkpoint is never overwritten)."""
+        if os.path.isdir(self.folder) and not lock(self.folder, hold=False):
+            raise busy(self.folder)
+        path = os.path.join(self.folder, NAME)
+        if not os.path.exists(path):
+            return {}
+        saved, progress = load(path)
+        command = saved.pop("command", None)
+        differs = [key for key in sorted({*saved, *self.record})
+                   if saved.get(key) != self.record.get(key)]
+        if resume and not differs:
+            return progress
+        done = ", ".join(f"{name} {len(losses):,} steps"
+                         for name, (_, losses) in progress.items())
+        why = "".join(f"its {key} is {saved.get(key)!r}, this run's "
+                      f"{self.record.get(key)!r}; " for key in differs[:1])
+        raise Refused("--resume" if resume else "--out",
+                      f"{path} holds the unfinished run ({done} done) of `{command}`; "
+                      f"{why}to go on with it: {command} --resume; to start anew: "
+                      f"delete {path}")
+
+    def resumed(self, name, fresh):
+        """Model `name`'s Adam state and losses as the checkpoint left them; `fresh` (a
+        new run's state, whose tree the saved leaves fill) and none if it holds none."""
+        if name not in self.saved:
+            return fresh, ()
+        leaves, losses = self.saved[name]
+        return tree_unflatten(tree_structure(fresh), leaves), losses
+
+    def at_chunk(self, name):
+        """train's hook for model `name`: its progress line, as its steps pass each
+        twentieth of the run; a save of every model's progress, at most one every
+        --checkpoint-every seconds (a save and its fsync may outlast a small run's
+        chunk) but always at its end and at a stop; then the stop, if a signal asked."""
+        n_steps = self.record["steps"]
+        done = len(self.saved.get(name, ((), ()))[1])
+        first = done
+        t0 = time.perf_counter()
+
+        def hook(opt_state, losses):
+            nonlocal done
+            step = len(losses)
+            if step * 20 // n_steps > done * 20 // n_steps or step == n_steps:
+                per_s = (step - first) / (time.perf_counter() - t0)
+                print(report.progress(name, (step, n_steps), losses[done:], per_s))
+            done = step
+            self.saved[name] = (opt_state, losses)
+            recent = time.monotonic() - self.last_save < self.every
+            if self.signal is None and done < n_steps and recent:
+                return
+            save(self.folder, dict(self.record, command=self.command), self.saved)
+            self.last_save = time.monotonic()
+            self.stop_if_asked(f"at {name}'s step {done:,}")
+        return hook

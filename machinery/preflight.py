@@ -1,70 +1,12 @@
-"""What stops experiment.py before it starts, within seconds and before anything is
-written, in one line naming the flag (exit 2): a bad value, an --out that cannot be
-written, a run too big for memory (XLA's count of the compiled programs).
+"""What stops experiment.py before it trains, within seconds and before anything is
+written, in one line naming the flag (flags.Refused, exit 2): a run too big for memory,
+counted from the flags before anything grows with them, then by XLA's count of the
+compiled programs.
 """
 import math
 import os
-import sys
 
-from machinery import program
-from machinery.program import checked
-
-
-def add_flags(ap, setups, default):
-    """experiment.py's flags on `ap`, each with its check and default (a setup's value
-    where the setup sets it)."""
-    count = checked(int, lambda v: v >= 1, "a whole number >= 1")
-    positive = checked(float, lambda v: 0 < v < math.inf, "a finite number > 0")
-    ap.add_argument("--setup", choices=setups, default=default, help="the paper's "
-                    f"text, the authors' released code, or the 2019 blog ({default})")
-    for flag, kind, metavar, what in (
-            ("steps", count, "N", "meta-training steps, and the baseline's"),
-            ("tasks", count, "N", "tasks per meta-batch"),
-            ("k", count, "K", "support and query points per task"),
-            ("alpha", positive, "A", "inner step size")):
-        values = ", ".join(f"{s} {setups[s][flag]:,}" for s in setups)  # paper 25, ...
-        ap.add_argument(f"--{flag}", type=kind, metavar=metavar,
-                        help=f"{what} ({values})")
-    seed = checked(int, lambda v: 0 <= v < 2**32, "a whole number in [0, 2**32)")
-    ap.add_argument("--seed", default=0, metavar="S", type=seed,
-                    help="seed of run 0; run r uses seed S + r (0)")
-    ap.add_argument("--seeds", type=count, default=1, metavar="N",
-                    help="independent runs, trained together as one computation (1)")
-    two = checked(int, lambda v: v >= 2, "a whole number >= 2")
-    ap.add_argument("--eval-tasks", type=two, default=600, metavar="N",
-                    help="held-out tasks to evaluate on (600)")
-    ap.add_argument("--out", metavar="DIR", help="folder for the figures, "
-                    "results.json, results.txt and params.npz, created when missing "
-                    "(runs/SETUP-seedS, which git ignores; the committed results are "
-                    "remade with --out figures/...)")
-    seconds = checked(float, lambda v: v >= 0, "a number >= 0")
-    ap.add_argument("--checkpoint-every", type=seconds, default=10.0, metavar="S",
-                    help="seconds between checkpoints, at chunk boundaries; one is "
-                    "always saved at a stop and at a model's end (10)")
-    ap.add_argument("--resume", action="store_true", help="go on from the checkpoint "
-                    "in --out of a run with the same flags, if there is one; start if "
-                    "there is none")
-
-
-def parse_args(argv, setups, default):
-    """experiment.py's flags, and the setup they choose (`default` without --setup) with
-    the values they override. A bad value stops here in one line (exit 2)."""
-    ap = program.parser("experiment.py",
-                        "MAML on the sinusoid regression of Finn et al. 2017.")
-    add_flags(ap, setups, default)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = ap.parse_args(argv)
-    args.argv = [word for word in argv if word != "--resume"]  # the results' command
-    args.out = args.out or os.path.join("runs", f"{args.setup}-seed{args.seed}")
-    if args.seed + args.seeds > 2**32:  # what no single flag's type can check
-        ap.error(f"argument --seeds: run r uses seed {args.seed} + r, which must stay "
-                 f"below 2**32; expected at most {2**32 - args.seed:,}, got "
-                 f"{args.seeds:,}")
-    program.check_out(ap.error, args.out)  # now, not after training
-    setup, args.defaults = dict(setups[args.setup]), setups[args.setup]
-    setup.update({name: getattr(args, name) for name in ("steps", "tasks", "k", "alpha")
-                  if getattr(args, name) is not None})
-    return args, setup, ap
+from machinery.flags import Refused
 
 
 def available():
@@ -97,48 +39,71 @@ def readable(n_bytes):
     return f"{n_bytes / 1024 ** unit:.1f} {['B', 'KiB', 'MiB', 'GiB', 'TiB'][unit]}"
 
 
-def refuse_if_over(error, flags, what, need, counted, lower_bound=False):
-    """error (one line) if the `need` bytes of `what` (as `counted`) exceed what is
-    available. flags: {flag: (value, default)}, that the need grows with in proportion:
-    the line names the one furthest above its default, and the largest value to fit."""
+def refuse_if_over(what, counted, terms, flags, lower_bound=False):
+    """Refused if a need exceeds the memory available. terms: the need's parts, (bytes,
+    the flags they grow with in proportion); flags: {flag: (value, default)}. The line
+    names, of the flags that lowered alone would make the need fit, the one furthest
+    above its default, and the largest value that fits; if none would alone, the flags
+    of the largest part that are above their defaults, and their product."""
     free = available()
-    if need > free:
-        flag, (value, default) = max(flags.items(), key=lambda f: f[1][0] / f[1][1])
-        error(f"argument {flag}: {what} needs {'at least ' * lower_bound}"
-              f"{readable(need)} ({counted}), more than the {readable(free)} available;"
-              f" expected {flag} at most about {max(1, int(value * free / need)):,}, "
-              f"got {value:,}")
-
-
-def refuse_training(error, args, setup, need, counted, lower_bound=False):
-    """refuse_if_over for training, naming the flags its memory grows with."""
-    flags = {"--tasks": (setup["tasks"], args.defaults["tasks"]),
-             "--k": (setup["k"], args.defaults["k"]), "--seeds": (args.seeds, 1)}
-    what = (f"training {args.seeds:,} run(s) of {setup['steps']:,} steps of "
-            f"{setup['tasks']:,} tasks with K = {setup['k']:,}")
-    refuse_if_over(error, flags, what, need, counted, lower_bound)
+    need = sum(size for size, _ in terms)
+    if need <= free:
+        return
+    fits = {}
+    for flag, (value, _) in flags.items():
+        grown = sum(size for size, grows in terms if flag in grows)
+        fit = int(value * (free - (need - grown)) / grown) if grown else 0
+        if fit >= 1:
+            fits[flag] = fit
+    at_least = "at least " if lower_bound else ""
+    line = (f"{what} needs {at_least}{readable(need)} ({counted}), more than the "
+            f"{readable(free)} available")
+    if fits:
+        flag = max(fits, key=lambda f: flags[f][0] / flags[f][1])
+        raise Refused(flag, f"{line}; expected {flag} at most about {fits[flag]:,}, "
+                            f"got {flags[flag][0]:,}")
+    largest = max(terms, key=lambda term: term[0])[1]
+    named = [f for f in largest if flags[f][0] > flags[f][1]] or list(largest)
+    product = math.prod(flags[f][0] for f in named)
+    raise Refused(" x ".join(named), f"{line}; expected a smaller product, got "
+                                     f"{product:,}")
 # -8<- [end:memory]
 
 
-# -8<- [start:check_compiled]
-def check_tasks(error, args, setup, longest_chunk):
-    """Stop (exit 2) if a training chunk's tasks alone exceed the memory: a lower bound
-    counted before compiling (jax 0.4.29's XLA crashes compiling loops over ~1e13
-    elements)."""
-    # x1, y1, x2, y2 of every task of every run, K numbers each, 4 bytes a float32
-    need = longest_chunk * args.seeds * setup["tasks"] * 4 * setup["k"] * 4
-    refuse_training(error, args, setup, need, "a chunk's tasks alone", lower_bound=True)
+# -8<- [start:check]
+def check(args, setup, training, evaluating, counted, lower_bound=False):
+    """Refused if training or evaluation cannot fit: the parts of what each holds at
+    once that grow with the flags, [(bytes, the flags they grow with in proportion)],
+    and both models' losses, kept throughout; `counted`: how the parts were counted."""
+    flags = {"--steps": (setup["steps"], args.defaults["steps"]),
+             "--tasks": (setup["tasks"], args.defaults["tasks"]),
+             "--k": (setup["k"], args.defaults["k"]), "--seeds": (args.seeds, 1),
+             "--eval-tasks": (args.eval_tasks, 600)}
+    losses = (setup["steps"] * args.seeds * 4 * 2, ("--steps", "--seeds"))
+    refuse_if_over(f"training {args.seeds:,} run(s) of {setup['steps']:,} steps of "
+                   f"{setup['tasks']:,} tasks with K = {setup['k']:,}", counted,
+                   [*training, losses], flags, lower_bound)
+    refuse_if_over(f"evaluating {args.seeds:,} run(s) on {args.eval_tasks:,} held-out "
+                   "tasks", counted, [*evaluating, losses], flags, lower_bound)
 
 
-def check_compiled(error, args, setup, train_loops, evaluation):
-    """Stop (exit 2) before anything runs if training or evaluation cannot fit: XLA's
-    count of the largest training loop plus the host's keys and losses, and of all the
-    evaluation's programs at once."""
+def check_sizes(args, setup, longest_chunk, n_params):
+    """check, counted from the flags before anything grows with them or compiles: a
+    chunk's tasks (x1, y1, x2 and y2, K numbers each, 4 bytes a number), each run's
+    parameters with Adam's two moments and the initial ones, and a number per held-out
+    task, run, model and K."""
     runs = args.seeds
-    host = runs * setup["steps"] * (8 + 2 * 4)  # a step's key and two losses, per run
-    need = max(map(needs, train_loops)) + host
-    refuse_training(error, args, setup, need, "XLA's count")
-    flags = {"--eval-tasks": (args.eval_tasks, 600), "--seeds": (runs, 1)}
-    refuse_if_over(error, flags, f"evaluating {runs:,} run(s) on {args.eval_tasks:,} "
-                   "held-out tasks", sum(needs(c) for c in evaluation), "XLA's count")
-# -8<- [end:check_compiled]
+    params = (runs * n_params * 4 * 4, ("--seeds",))
+    tasks = longest_chunk * runs * setup["tasks"] * setup["k"] * 4 * 4
+    curves = args.eval_tasks * runs * 4 * 4
+    check(args, setup, [(tasks, ("--tasks", "--k", "--seeds")), params],
+          [(curves, ("--eval-tasks", "--seeds")), params], "counted before compiling",
+          lower_bound=True)
+
+
+def check_compiled(args, setup, training_loops, evaluation):
+    """check by XLA's count of the largest training loop and of the evaluation."""
+    loop = max(map(needs, training_loops))
+    check(args, setup, [(loop, ("--tasks", "--k", "--seeds"))],
+          [(needs(evaluation), ("--eval-tasks", "--seeds"))], "XLA's count")
+# -8<- [end:check]

@@ -4,7 +4,6 @@ the table rendered from that data alone, the figures, whole-or-nothing writes.""
 import math
 import os
 import sys
-import time
 
 import numpy as np
 from jax.tree_util import tree_leaves, tree_map
@@ -32,12 +31,10 @@ def speed_line(ms, runs):
                                 "compile, first chunk out)")
 
 
-def progress(log, name, steps, losses, t0, due):
-    """train's progress line, when due and at the end; steps: (at t0, now, n_steps)."""
-    first, step, n_steps = steps
-    if due or step == n_steps:
-        per_s = (step - first) / (time.perf_counter() - t0)
-        log(f"{name}: step {step:>7,}/{n_steps:,}  loss {losses.mean():8.4f}  "
+def progress(name, steps, losses, per_s):
+    """A progress line: steps (done, of the run), the last chunk's mean loss, speed."""
+    step, n_steps = steps
+    return (f"{name}: step {step:>7,}/{n_steps:,}  loss {losses.mean():8.4f}  "
             f"{per_s:8,.0f} steps/s  {(n_steps - step) / per_s:5.1f} s left")
 
 

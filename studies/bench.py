@@ -53,9 +53,8 @@ def worker_train(setup):
     _, init = maml.net_init(k_init, (-1, 1))
     compiled = experiment.compile_training(maml.step, init, setup, runs=1)
     one_run = jax.tree_util.tree_map(lambda a: a[None], maml.opt_init(init))  # a run axis
-    _, losses, per_step = experiment.train(compiled, one_run, k_maml[None], setup, "MAML",
-                                           log=str)  # quiet: the worker prints one line
-    timed = setup["steps"] - experiment.chunks(setup["steps"])[0][1]
+    _, losses, per_step = experiment.train(compiled, one_run, k_maml[None], setup, "MAML")
+    timed = setup["steps"] - experiment.chunk_size(setup["steps"])
     return 1e3 * per_step, timed, float(losses[-1, 0])
 
 

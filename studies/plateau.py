@@ -58,9 +58,8 @@ def train_maml(setup, seeds, blocks, test_seed=0, n_tasks=600):
     after = []
     for b in range(blocks):
         stream = keys[1] if b == 0 else np.asarray(vmap(random.fold_in, (0, None))(keys[1], b))
-        state, block, _ = experiment.train(  # no progress lines: the print below says enough
-            compiled, state, stream, setup, f"block {b + 1}", log=lambda line: None,
-            resume=(b * setup["steps"], []))
+        state, block, _ = experiment.train(compiled, state, stream, setup, f"block {b + 1}",
+                                           start=(b * setup["steps"], ()))
         losses.append(block)
         mse = experiment.run_curves(maml.get_params(state), test, 5, alphas)
         after.append([{n: report.run_numbers(m)["mean"][n] for n in (1, 5, 10)} for m in mse])

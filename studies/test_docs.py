@@ -142,7 +142,7 @@ def includes():
 
 
 SOURCES = ["maml.py", "experiment.py", "machinery/report.py", "machinery/preflight.py", "machinery/program.py",
-           "machinery/checkpoint.py"]
+           "machinery/checkpoint.py", "machinery/flags.py"]
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -257,7 +257,9 @@ def test_the_flag_table_gives_each_setting_s_defaults():
     for flag in ("steps", "tasks", "k", "alpha"):
         shown = [float(v.replace(",", "")) for v in rows[f"--{flag}"].split(" / ")]
         assert shown == [experiment.SETUPS[s][flag] for s in ("paper", "code", "blog")], (flag, shown)
-    args, _, _ = experiment.parse_args([])
+    from machinery import flags
+
+    args, _ = flags.parse([], experiment.SETUPS, experiment.DEFAULT)
     for flag, value in (("--setup", args.setup), ("--seed", args.seed), ("--seeds", args.seeds),
                         ("--eval-tasks", args.eval_tasks)):
         assert rows[flag].strip().strip("`").replace(",", "") == str(value), (flag, rows[flag])

@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from types import SimpleNamespace
 
 import jax
@@ -18,9 +20,9 @@ from jax.tree_util import tree_leaves, tree_map
 
 import experiment
 import maml
-from machinery import preflight, report
+from machinery import flags, preflight, report
 
-from studies.conftest import HANG_S, ROOT, experiment_env, ks_truncated_normal
+from studies.conftest import HANG_S, ROOT, cpu_env, experiment_env, ks_truncated_normal
 
 
 # ---- the training loop -------------------------------------------------------------------------
@@ -63,29 +65,35 @@ def test_runs_trained_at_once_equal_runs_trained_one_by_one():
             np.testing.assert_allclose(a[r], b[0], rtol=1e-5, atol=1e-6)
 
 
-def test_step_keys_give_each_run_the_stream_of_its_own_key():
-    """step_keys splits each run's key once: run r at step i trains on random.split(keys[r], n)[i]."""
-    keys = np.stack([np.asarray(random.PRNGKey(s)) for s in (3, 4)])
-    got = experiment.step_keys(keys, 7)
-    assert got.shape == (7, 2, 2)
-    for r in range(2):
-        np.testing.assert_array_equal(got[:, r], np.asarray(random.split(keys[r], 7)))
+def test_step_keys_of_a_chunk_are_those_of_each_runs_whole_split():
+    """step_keys makes steps a to b alone, yet run r at step i trains on random.split(keys[r], n)[i],
+    exactly as if each run's key were split for the whole run at once (how the committed results
+    were drawn), with either layout of the threefry counters (jax >= 0.5 and older: CI runs both):
+    for runs of 1 to 70,000 steps, chunks at the start, middle and end, seeds up to 2**32 - 1."""
+    keys = np.stack([np.asarray(random.PRNGKey(s)) for s in (3, 4, 2**32 - 1)])
+    for n in (1, 2, 3, 7, 20, 1001, 70_000):
+        whole = np.stack([np.asarray(random.split(key, n)) for key in keys], axis=1)
+        for a, b in {(0, n), (0, 1), (n // 3, n // 2 + 1), (n - 1, n)}:
+            got = experiment.step_keys(keys, n, a, b)
+            assert got.shape == (b - a, 3, 2) and got.dtype == np.uint32
+            np.testing.assert_array_equal(got, whole[a:b], err_msg=f"n={n}, steps {a} to {b}")
 
 
-def test_chunks_cover_every_step_once_in_10_to_20_chunks_of_at_most_5000():
-    """Every n from 1 to 3,000, and the long runs: the chunks tile [0, n) in order; below 20 steps a
-    chunk is a step; from 20 to 100,000 there are between 10 and 20 chunks (about 20: never more,
-    and never fewer than half); beyond, chunks are 5,000 steps, the last one what is left."""
-    for n in [*range(1, 3001), 70_000, 99_999, 100_000, 140_000, 1_000_003]:
-        spans = experiment.chunks(n)
-        assert spans[0][0] == 0 and spans[-1][1] == n and all(a == b for (_, a), (b, _) in zip(spans, spans[1:]))
-        lengths = [b - a for a, b in spans]
+def test_chunks_are_about_20_of_at_most_5000_steps():
+    """Every n from 1 to 3,000, and the long runs: train's chunks, of chunk_size steps but the last
+    (what is left), are as few as cover the n steps; below 20 steps a chunk is a step; from 20 to
+    100,000 there are between 10 and 20 chunks (about 20: never more, and never fewer than half);
+    beyond, chunks are 5,000 steps, --steps 10**13 included (counted, never listed)."""
+    for n in [*range(1, 3001), 70_000, 99_999, 100_000, 140_000, 1_000_003, 10**13]:
+        size = experiment.chunk_size(n)
+        count = -(-n // size)  # chunks
+        assert 1 <= size <= n
         if n < 20:
-            assert lengths == [1] * n
+            assert size == 1
         elif n <= 100_000:
-            assert 10 <= len(spans) <= 20 and max(lengths) <= 5000, (n, len(spans))
+            assert 10 <= count <= 20 and size <= 5000, (n, count)
         else:
-            assert lengths[:-1] == [5000] * (len(spans) - 1) and 0 < lengths[-1] <= 5000
+            assert size == 5000
 
 
 def test_the_released_codes_initialisation_has_the_layout_of_net_init_and_its_scale():
@@ -281,43 +289,75 @@ def test_every_pair_of_draws_that_must_differ_does():
 
 
 def test_run_keys_are_each_seeds_own_split_and_other_seeds_give_other_keys():
-    """Run r's five keys are random.split(PRNGKey(seed + r), 5): run 0 of several is the single
-    run of the same seed, and no two runs or seeds share a key."""
+    """Run r's five keys are random.split(PRNGKey(seed + r), 5), made for every run in one program,
+    up to the last seed, 2**32 - 1: run 0 of several is the single run of the same seed, and no two
+    runs or seeds share a key."""
     keys = experiment.run_keys(3, 2)
     assert keys.shape == (5, 2, 2)
     for r in range(2):
         np.testing.assert_array_equal(keys[:, r], np.asarray(random.split(random.PRNGKey(3 + r), 5)))
+    top = experiment.run_keys(2**32 - 3, 3)
+    for r, seed in enumerate((2**32 - 3, 2**32 - 2, 2**32 - 1)):
+        np.testing.assert_array_equal(top[:, r], np.asarray(random.split(random.PRNGKey(seed), 5)))
     np.testing.assert_array_equal(experiment.run_keys(3, 1)[:, 0], keys[:, 0])
     everything = np.concatenate([keys.reshape(-1, 2), experiment.run_keys(5, 2).reshape(-1, 2)])
     assert len({tuple(k) for k in everything}) == len(everything)
 
 
 def test_the_training_refusal_compares_xlas_count_with_the_memory_available(monkeypatch):
-    """Between the two bounds: the memory available is more than a chunk's tasks (the lower bound
-    counted before compiling, which then passes) but less than XLA's count of the compiled
-    training loop. check_compiled stops with one line naming the flag set furthest above its
-    setup's default (here none is: --tasks, the first of the ties), XLA's count and the largest
-    value that would fit, in proportion."""
+    """Between the two bounds: the memory available is more than what the flags alone say a run
+    holds (the lower bound counted before compiling, which then passes) but less than XLA's count
+    of the compiled training loop with both models' losses. check_compiled refuses in one line
+    naming the flag set furthest above its setup's default (none is: --tasks, the first of the
+    ties, before --k), XLA's count and the largest value that would fit: the loop's share of the
+    memory left beside the losses, in proportion."""
     setup = dict(experiment.SETUPS["paper"], steps=200)
     _, params = maml.net_init(random.PRNGKey(0), (-1, 1))
     loops = experiment.compile_training(maml.step, params, setup, 1)
-    need = max(preflight.needs(c) for c in loops.values()) + 200 * (8 + 2 * 4)
-    tasks = max(b - a for a, b in experiment.chunks(200)) * 25 * 4 * 10 * 4
-    assert tasks < need - 1
+    loop = max(preflight.needs(c) for c in loops.values())
+    losses = 200 * 1 * 4 * 2
+    need = loop + losses
     monkeypatch.setattr(preflight, "available", lambda: need - 1)
-    messages = []
-
-    def error(message):
-        messages.append(message)
-        raise SystemExit(2)
     args = SimpleNamespace(seeds=1, eval_tasks=600, defaults=experiment.SETUPS["paper"])
-    preflight.check_tasks(error, args, setup, max(b - a for a, b in experiment.chunks(200)))
-    with pytest.raises(SystemExit):
-        preflight.check_compiled(error, args, setup, loops.values(), [])
-    assert messages == [f"argument --tasks: training 1 run(s) of 200 steps of 25 tasks with K = 10 "
-                        f"needs {preflight.readable(need)} (XLA's count), more than the "
-                        f"{preflight.readable(need - 1)} available; expected --tasks at most about "
-                        f"{int(25 * (need - 1) / need)}, got 25"]
+    preflight.check_sizes(args, setup, experiment.chunk_size(200), 1761)
+    with pytest.raises(flags.Refused) as refused:
+        preflight.check_compiled(args, setup, loops.values(), jax.jit(lambda: 0.0).lower().compile())
+    assert str(refused.value) == (
+        f"argument --tasks: training 1 run(s) of 200 steps of 25 tasks with K = 10 needs "
+        f"{preflight.readable(need)} (XLA's count), more than the {preflight.readable(need - 1)} "
+        f"available; expected --tasks at most about {int(25 * (need - 1 - losses) / loop)}, got 25")
+
+
+def refusal(monkeypatch, free, terms, **values):
+    """The line refuse_if_over refuses with, for `free` bytes available, parts of a need `terms`
+    and the flags' {name: (value, default)}; None if it fits."""
+    monkeypatch.setattr(preflight, "available", lambda: free)
+    named = {f"--{name}": value for name, value in values.items()}
+    try:
+        preflight.refuse_if_over("training", "counted", terms, named)
+    except flags.Refused as refused:
+        return str(refused)
+
+
+def test_a_refusal_names_only_a_flag_that_lowered_alone_would_make_the_run_fit(monkeypatch):
+    """Of --steps 10**10 (the losses, 80 GB, grow with it) and --tasks 25 (the tasks, 20 MB): the
+    line names --steps, never --tasks, which lowered to 1 would leave 80 GB (the refusal issue 29
+    found named --tasks, then --k). Nor --seeds, which is at 1 already. Where no flag alone can make
+    it fit (--tasks and --k both a million times their defaults, either at 1 still far too much),
+    it names the flags of the largest part that are above their defaults, and their product."""
+    gb = 10**9
+    terms = [(20 * 10**6, ("--tasks", "--k", "--seeds")), (80 * gb, ("--steps", "--seeds"))]
+    line = refusal(monkeypatch, 24 * gb, terms, steps=(10**10, 70_000), tasks=(25, 25),
+                   k=(10, 10), seeds=(1, 1))
+    assert line.startswith("argument --steps: training needs 74.5 GiB (counted), more than the "
+                           "22.4 GiB available; expected --steps at most about 2,997,500,000, got "
+                           "10,000,000,000"), line
+    terms = [(10**20, ("--tasks", "--k", "--seeds")), (gb, ("--steps", "--seeds"))]
+    line = refusal(monkeypatch, 24 * gb, terms, steps=(70_000, 70_000), tasks=(25 * 10**6, 25),
+                   k=(10**7, 10), seeds=(1, 1))
+    assert line.endswith("expected a smaller product, got 250,000,000,000,000")
+    assert line.startswith("argument --tasks x --k: training needs"), line
+    assert refusal(monkeypatch, 81 * gb, [(80 * gb, ("--steps",))], steps=(1, 1)) is None
 
 
 # ---- the command line --------------------------------------------------------------------------
@@ -413,7 +453,7 @@ def test_maml_and_the_baseline_train_on_their_own_task_streams(short_run, optimi
                                                                        k_base, k_maml)):
         means = {}
         for which, keys in (("own", own), ("other", other)):
-            _, losses = experiment.train_chunk(init, experiment.step_keys(keys, 1000), np.arange(1000),
+            _, losses = experiment.train_chunk(init, experiment.step_keys(keys, 1000, 0, 1000), np.arange(1000),
                                                (0.1, 5.0), 0.01, step_fn=fn, n_tasks=25, k=10)
             means[which] = np.asarray(losses).reshape(10, 100).mean(axis=1)
         np.testing.assert_allclose(saved[f"loss/{name}"][:, 0], means["own"], rtol=1e-4)
@@ -448,6 +488,7 @@ BAD_FLAGS = [
     (["--seed", str(2 ** 32)], "--seed", "[0, 2**32)"),
     (["--eval-tasks", "1"], "--eval-tasks", ">= 2"),
     (["--setup", "nature"], "--setup", "'paper', 'code', 'blog'"),
+    (["--out="], "--out", "a folder's path, got ''"),
     (["--seeds", "0"], "--seeds", ">= 1"),
     (["--seed", str(2 ** 32 - 2), "--seeds", "3"], "--seeds", "at most 2"),
     (["--stepz", "10"], "--stepz", "unrecognized"),
@@ -456,11 +497,11 @@ BAD_FLAGS = [
 
 @pytest.mark.parametrize("argv,flag,allowed", BAD_FLAGS, ids=[" ".join(a) for a, _, _ in BAD_FLAGS])
 def test_bad_flag_stops_with_one_line_naming_it(argv, flag, allowed, tmp_path, capsys):
-    """parse_args, in this process (a fresh interpreter per case would cost seconds each): exit 2,
+    """flags.parse, in this process (a fresh interpreter per case would cost seconds each): exit 2,
     one line on stderr naming the flag and what it accepts, nothing on stdout, --out untouched."""
     (tmp_path / "adaptation.png").write_bytes(b"earlier figure")
     with pytest.raises(SystemExit) as stop:
-        experiment.parse_args([*argv, "--out", str(tmp_path)])
+        flags.parse([*argv, "--out", str(tmp_path)], experiment.SETUPS, experiment.DEFAULT)
     out, err = capsys.readouterr()
     assert stop.value.code == 2 and out == ""
     lines = err.strip().splitlines()
@@ -495,7 +536,7 @@ def test_an_out_where_no_file_can_be_made_stops_while_the_flags_parse(capsys):
     flags' check makes a nameless file there to know, and stops in one line (exit 2) before a
     second of compiling, where the first save would have failed after it."""
     with pytest.raises(SystemExit) as stop:
-        experiment.parse_args(["--out", "/proc/maml-jax-out"])
+        flags.parse(["--out", "/proc/maml-jax-out"], experiment.SETUPS, experiment.DEFAULT)
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1 and "argument --out: cannot write" in err[0]
 
@@ -526,7 +567,8 @@ def test_cli_divergence_stops_and_writes_nothing(alpha, where, tmp_path, compile
 def test_a_run_that_cannot_fit_in_memory_is_refused_before_training(argv, flags, what, tmp_path, capsys):
     """Each of these needs terabytes, far beyond any machine: training, by the count of one chunk's
     tasks (3,500 steps x 1e8 tasks x 40 numbers x 4 bytes), made before compiling; evaluation, by
-    XLA's own count of the compiled programs. One line naming the one flag that is too large (not
+    XLA's own count of the compiled programs (the count before compiling, a number per task, run,
+    model and K, is only 1.6 GB). One line naming the one flag that is too large (not
     --seeds, which is 3 times its default where K is 1e6 times), the need, what is available and
     the largest value that would fit; exit 2; nothing trained (no progress line) or written, and
     no empty folder made where --out did not exist. main in this process (the refusal is main's
@@ -542,11 +584,58 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_before_training(argv, flags,
     need = [line.split(", more than the ")[0] for line in lines]  # what is free moves between the two
     assert len(lines) == 2 and need[0] == need[1], lines
     assert lines[0].startswith(f"experiment.py: error: argument {flags}: "), lines
-    assert what in lines[0] and re.search(r"needs (at least )?[\d.]+ TiB \((XLA's count|a chunk's tasks alone)\), "
+    assert what in lines[0] and re.search(r"needs (at least )?[\d.]+ TiB \((XLA's count|counted before compiling)\), "
                                           r"more than the [\d.]+ [KMGT]?i?B available; expected "
                                           + flags + r" at most about [\d,]+, got [\d,]+$", lines[0]), lines[0]
     assert "step " not in printed  # no training step ran
     assert os.listdir(tmp_path) == ["results.txt"] and (tmp_path / "results.txt").read_text() == "earlier results"
+
+
+HUGE = [(["--steps", str(10**13)], "--steps"), (["--seeds", str(10**9)], "--seeds"),
+        (["--seeds", str(10**9), "--steps", "100"], "--seeds"), (["--tasks", str(10**9)], "--tasks"),
+        (["--k", str(10**9)], "--k"), (["--eval-tasks", str(10**12)], "--eval-tasks")]
+
+
+# Sets the address-space limit, then becomes the program (same process: wait4 measures it). Not
+# Popen's preexec_fn, which forks this process, whose JAX threads make forking unsafe.
+LIMITED = ("import os, resource, sys; limit = int(sys.argv[1]); "
+           "resource.setrlimit(resource.RLIMIT_AS, (limit, limit)); "
+           "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
+
+
+def run_limited(argv, folder, memory=2 * 2**30, seconds=300):
+    """`python experiment.py ARGV` under an address-space limit (RLIMIT_AS) and a time limit (then
+    SIGKILL): its exit code, stderr, peak resident memory (bytes, its own: wait4) and seconds."""
+    pytest.importorskip("resource")  # Unix
+    t0 = time.monotonic()
+    with open(folder / "stderr", "w") as err:
+        child = subprocess.Popen([sys.executable, "-c", LIMITED, str(memory), "experiment.py", *argv],
+                                 cwd=ROOT, env=cpu_env(), stdout=subprocess.DEVNULL, stderr=err)
+        timer = threading.Timer(seconds, child.kill)
+        timer.start()
+        _, status, usage = os.wait4(child.pid, 0)
+        timer.cancel()
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return (child.returncode, (folder / "stderr").read_text(), usage.ru_maxrss * 1024,
+            time.monotonic() - t0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv,flag", HUGE, ids=[" ".join(a) for a, _ in HUGE])
+def test_a_huge_flag_is_refused_before_anything_grows_with_it(argv, flag, tmp_path):
+    """Each of these needs terabytes: the program, run under an address-space limit of 2 GiB (more
+    than importing jax and starting XLA take; a chunk plan, key split or allocation that grew with
+    the flag would fail against it) and a time limit of 300 s (generous: the refusal is arithmetic,
+    before anything compiles, but importing jax and starting XLA take seconds on an idle machine and
+    a minute at a load of 15), exits 2 with one line naming the flag that drives the need, writes
+    nothing, and peaks under 1 GiB of resident memory. Before, --steps 10**13 grew to 16 GB building
+    its chunk plan and keys, and --seeds 1000000 --steps 100 looped over the seeds for 32 minutes."""
+    out = tmp_path / "out"
+    code, err, peak, seconds = run_limited([*argv, "--out", str(out)], tmp_path)
+    lines = err.splitlines()
+    assert code == 2 and len(lines) == 1, (code, err[-3000:], seconds)
+    assert lines[0].startswith(f"experiment.py: error: argument {flag}: ") and "needs at least" in err
+    assert peak < 2**30 and not out.exists(), (peak, seconds)
 
 
 # ---- what a newcomer's first commands leave behind ------------------------------------------------

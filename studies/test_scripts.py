@@ -113,7 +113,7 @@ def test_plateau_quick_run_trains_the_open_cells_and_the_slow_runs_twice_as_long
     """`python -m studies.plateau --quick` (300 steps, 2 runs a cell, 50 tasks), in this process:
     the two cells of the 2 x 2 that no setting covers are trained here, the code setting's slow
     seeds (13 and 16) are trained again for a second block that goes on from the first (through
-    experiment.train's resume, which once broke it unnoticed)."""
+    experiment.train's start, which once broke it unnoticed)."""
     plateau.main(["--quick", "--out", str(tmp_path)])
     data = program.read_json(tmp_path / "plateau.json")
     trained = [c for c in data["grid"] if c["source"].startswith("trained here")]

@@ -146,7 +146,7 @@ def train_all(models, setup, seeds, seed, eval_tasks):
         compiled = experiment.compile_training(step_fn, tree_map(lambda a: a[0], params), setup,
                                                seeds)
         state, _, per_step[name] = experiment.train(compiled, vmap(maml.opt_init)(params),
-                                                    keys[1], setup, name, log=lambda line: None)
+                                                    keys[1], setup, name)
         trained = maml.get_params(state)
         if start is with_alphas:  # adapt theta with the learned step sizes
             trained, alphas = trained
