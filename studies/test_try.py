@@ -21,7 +21,7 @@ import experiment
 import maml
 from machinery import site_try
 from studies import conftest
-from studies.conftest import ROOT
+from studies.conftest import HANG_S, ROOT
 
 JS = ROOT / "docs" / "javascripts" / "maml.js"
 STEPS = (1, 5, 10)  # inner_updates compared, each repeated from the last
@@ -70,7 +70,7 @@ def run_js(cases):
     """maml.js on each case, in one Node.js process: net_apply on the grid, then the
     parameters after each of STEPS inner_updates."""
     result = subprocess.run([node(), "-e", DRIVER], input=json.dumps(cases), text=True,
-                            capture_output=True, timeout=120,
+                            capture_output=True, timeout=HANG_S,
                             env=dict(os.environ, MAML_JS=str(JS)))
     assert result.returncode == 0, result.stderr
     return [dict(apply=np.array(a["apply"]), after=[tree(p) for p in a["after"]])

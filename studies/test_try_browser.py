@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from studies.conftest import ROOT
+from studies.conftest import HANG_S, ROOT
 
 # Chromium as the tests launch it: headless, and asking nothing of the network.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
@@ -51,7 +51,7 @@ def served(tmp_path_factory):
     site = tmp_path_factory.mktemp("site")
     build = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=HANG_S,
         env=dict(os.environ, NO_MKDOCS_2_WARNING="1"))
     assert build.returncode == 0, build.stderr[-3000:]
     server = subprocess.Popen(
@@ -145,7 +145,7 @@ def changes(page, selector, attribute, act):
     act()
     page.wait_for_function(
         "([s, a, old]) => document.querySelector(s).getAttribute(a) !== old",
-        arg=[selector, attribute, old], timeout=5000)
+        arg=[selector, attribute, old], timeout=1000 * HANG_S)  # a hang's bound only
     page.evaluate("() => new Promise((done) => requestAnimationFrame(() => "
                   "requestAnimationFrame(done)))")
 
