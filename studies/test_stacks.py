@@ -1,10 +1,10 @@
 """studies/stacks/: maml.py on Flax NNX + optax and on Equinox + optax computes what maml.py does.
 
-From maml.py's initial weights carried into each framework (Equinox stores each weight as maml.py's
-W.T): the loss, the inner update and the second-order meta-gradient equal maml.py's in float64;
-optax's Adam follows maml.step's trajectory in float32; a multi-step inner loop built on each
-file's inner_update takes a fresh gradient at every step; ANIL leaves the body out of the inner
-step but not out of the meta-gradient.
+From maml.py's initial weights carried into each framework: the loss, the inner update and the
+second-order meta-gradient equal maml.py's in float64; optax's Adam, in each file's step on a flat
+list of the arrays, follows maml.step's trajectory in float32; a multi-step inner loop built on
+each file's inner_update takes a fresh gradient at every step; ANIL leaves the body out of the
+inner step but not out of the meta-gradient.
 
 Without flax, equinox or optax these tests skip, with the reason. Where CI adds the stacks
 (.ci/run, at both corners) MAML_STACKS_REQUIRED=1 is set, and a missing package is an error.
@@ -48,18 +48,20 @@ class Nnx:
         return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state), leaves)
 
     def back(self, state):
+        """From a State or from step's flat list of its arrays."""
         b1, w1, b2, w2, b3, w3 = tree_leaves(state)
         return [(w1, b1), (), (w2, b2), (), (w3, b3)]
 
-    def opt_init(self, state):
-        return self.m.optimizer.init(state)
+    def leaves(self, state):
+        return tree_leaves(state)  # what step takes
 
     def value_and_grad(self, f):
         return jax.value_and_grad(f)  # the State is a pytree of arrays: plain JAX
 
 
 class Equinox:
-    """Carry stax's parameters into maml_equinox's eqx.nn.MLP (weights transposed) and back."""
+    """Carry stax's parameters into maml_equinox's model, each weight (in, out) as stax's, and
+    back."""
 
     def __init__(self):
         self.m = importlib.import_module("studies.stacks.maml_equinox")
@@ -71,14 +73,15 @@ class Equinox:
 
         def where(m):
             return [l.weight for l in m.layers] + [l.bias for l in m.layers]
-        return self.eqx.tree_at(where, model, [w.T for w, _ in dense] + [b for _, b in dense])
+        return self.eqx.tree_at(where, model, [w for w, _ in dense] + [b for _, b in dense])
 
     def back(self, model):
-        (l1, l2, l3) = model.layers
-        return [(l1.weight.T, l1.bias), (), (l2.weight.T, l2.bias), (), (l3.weight.T, l3.bias)]
+        """From a model or from step's flat list of its arrays."""
+        w1, b1, w2, b2, w3, b3 = self.leaves(model)
+        return [(w1, b1), (), (w2, b2), (), (w3, b3)]
 
-    def opt_init(self, model):
-        return self.m.optimizer.init(self.eqx.filter(model, self.eqx.is_inexact_array))
+    def leaves(self, model):
+        return tree_leaves(self.eqx.filter(model, self.eqx.is_inexact_array))  # what step takes
 
     def value_and_grad(self, f):
         return self.eqx.filter_value_and_grad(f)  # the model holds its activation function too
@@ -195,8 +198,8 @@ STEPS, PARAMS_TOL, LOSS_TOL = 300, 1e-5, 1e-5
 @pytest.mark.slow
 def test_optax_adam_follows_maml_step_for_300_meta_steps_in_float32(stack, optimised):
     params, _ = start(jnp.float32)
-    ours, opt_state = stack.carry(params), None
-    opt_state, ref_state = stack.opt_init(ours), maml.opt_init(params)
+    ours = stack.leaves(stack.carry(params))
+    opt_state, ref_state = stack.m.optimizer.init(ours), maml.opt_init(params)
     keys = np.asarray(random.split(random.PRNGKey(2), STEPS))
     got_losses, want_losses = [], []
     for i, key in enumerate(keys):
