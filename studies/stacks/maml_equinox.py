@@ -123,7 +123,8 @@ def main(steps=50_000, seed=0):
     keys = np.asarray(random.split(key_tasks, steps))  # split once, on the host
     start = time.perf_counter()
     for i, key in enumerate(keys):
-        leaves, opt_state, meta_loss = step(leaves, opt_state, *sample_tasks(key, 25, 10))
+        tasks = sample_tasks(key, 25, 10)
+        leaves, opt_state, meta_loss = step(leaves, opt_state, *tasks)
         if (i + 1) % 10_000 == 0 or i + 1 == steps:
             print(f"step {i + 1:>6,}/{steps:,}  meta-loss {float(meta_loss):.3f}  "
                   f"{time.perf_counter() - start:.0f} s")

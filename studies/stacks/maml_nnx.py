@@ -41,7 +41,7 @@ def net_init(key):
     return graphdef, params
 
 
-# The structure all networks here share: the graph's, and the State's (step's flat list).
+# The structure all networks here share: the graph's, and the State's (step's list).
 graphdef, state = net_init(random.PRNGKey(0))
 treedef = jax.tree_util.tree_structure(state)
 
@@ -111,8 +111,8 @@ optimizer = optax.adam(1e-3)  # b1 0.9, b2 0.999, eps 1e-8: example_libraries' a
 
 @jit
 def step(leaves, opt_state, x1, y1, x2, y2, alpha=0.01):
-    """One meta-update; optax keeps no parameters: they go in and out beside it, as the
-    State's leaves (a flat list: jit flattens it in C++ at every call, a State in Python)."""
+    """One meta-update; optax keeps no parameters: they go in and out beside it, as
+    the State's leaves: jit flattens a list in C++ at every call, a State in Python."""
     value_and_grad = jax.value_and_grad(batch_maml_loss)
     params = tree_unflatten(treedef, leaves)  # a State again, for this trace
     meta_loss, meta_grads = value_and_grad(params, x1, y1, x2, y2, alpha)
@@ -124,7 +124,7 @@ def step(leaves, opt_state, x1, y1, x2, y2, alpha=0.01):
 # -8<- [start:main]
 def main(steps=50_000, seed=0):
     key_init, key_tasks, key_test = random.split(random.PRNGKey(seed), 3)
-    leaves = tree_leaves(net_init(key_init)[1])  # the State's arrays, as step takes them
+    leaves = tree_leaves(net_init(key_init)[1])  # the State's arrays, for step
     opt_state = optimizer.init(leaves)
     keys = np.asarray(random.split(key_tasks, steps))  # split once, on the host
     start = time.perf_counter()
