@@ -1,7 +1,9 @@
 """How fast one meta-step of maml.py is, next to the 2019 code it replaces: figures/benchmark.json
 and benchmark.md (a quick look: docs/from-2019.md). Every run a fresh process, in interleaved
-rounds, then a step's parts (cost.py); the PyTorch peers need --peers DIR and --torch-python PY."""
+rounds, then a step's parts (cost.py); the PyTorch peers need --peers DIR and --torch-python PY.
+With --stacks: the ports of studies/stacks beside maml.py, into stacks.json and stacks.md."""
 import argparse
+import importlib.metadata
 import itertools
 import json
 import math
@@ -21,7 +23,7 @@ from jax import random
 import experiment
 import maml
 from machinery import program
-from studies import blog2019, cost
+from studies import blog2019, cost, stack_speed
 
 SELF = ["{python}", "-m", "studies.bench", "--worker"]  # this module, in a process of its own
 PEER = ["{torch}", "{peers}/torch_func.py", "--outer", "grad", "--compile"]
@@ -34,13 +36,29 @@ IMPLS = {  # key: (label, command)
     "torch": ("PyTorch, compiled (torch_func.py --outer grad --compile)", PEER),
     "torch1": ("PyTorch, compiled, 1 thread (OMP_NUM_THREADS=1)",
                ["env", "OMP_NUM_THREADS=1", *PEER]),
+    "step": ("maml.step alone, on fixed tasks", [*SELF, "step"]),
+    "nnx_loop": ("Flax NNX port's loop (maml_nnx.py)", [*SELF, "nnx_loop"]),
+    "nnx_step": ("maml_nnx.step alone, on fixed tasks", [*SELF, "nnx_step"]),
+    "nnx_was": ("maml_nnx.step as it was (its nnx.State through jit)", [*SELF, "nnx_was"]),
+    "eqx_loop": ("Equinox port's loop (maml_equinox.py)", [*SELF, "eqx_loop"]),
+    "eqx_step": ("maml_equinox.step alone, on fixed tasks", [*SELF, "eqx_step"]),
+    "eqx_was": ("maml_equinox.step as it was (eqx.nn.MLP, filter_jit)", [*SELF, "eqx_was"]),
 }
+# What a run measures, and writes as NAME.json and NAME.md: the benchmark, or with --stacks the
+# ports of studies/stacks beside maml.py's loop and step.
+PARTS = {"benchmark": ["train", "loop", "pinned", "blog", "careful", "torch", "torch1"],
+         "stacks": ["loop", "step", "nnx_loop", "nnx_step", "nnx_was", "eqx_loop", "eqx_step",
+                    "eqx_was"]}
 # A baseline, by its stand-ins: a round's ratio is against the fastest (PyTorch's better threads).
 BASELINES = {"blog as written": ("blog",), "careful port": ("careful",),
-             "PyTorch": ("torch", "torch1"), "two cores": ("train",)}
+             "PyTorch": ("torch", "torch1"), "two cores": ("train",),
+             "maml.py's loop": ("loop",), "maml.step": ("step",)}
 RATIOS = [("train", "blog as written"), ("train", "careful port"), ("train", "PyTorch"),
           ("loop", "blog as written"), ("loop", "careful port"), ("loop", "PyTorch"),
-          ("pinned", "two cores")]
+          ("pinned", "two cores"), *((f"{p}_{kind}", baseline) for p in stack_speed.PORTS
+                                     for kind, baseline in (("loop", "maml.py's loop"),
+                                                            ("step", "maml.step"),
+                                                            ("was", "maml.step")))]
 # Every implementation prints one line in this form (the peers' own).
 LINE = re.compile(r"^(\S+): ([0-9.]+) ms/step over (\d+) steps; final loss (\S+)$", re.M)
 # The settings as the peers take them (their smallest amplitude is 0.1, as in both).
@@ -79,8 +97,15 @@ def worker_loop(setup):
 # -8<- [end:loop]
 
 
+# The workers that print JSON: where a step's time goes, or XLA's counts of the stacks' steps.
+COSTS = {"costs": lambda setup: dict(cost.step_costs(setup), device=program.jax_device()),
+         "xla": stack_speed.xla_counts}
 WORKERS = {"train": worker_train, "loop": worker_loop, "blog": blog2019.train,
-           "careful": partial(blog2019.train, careful=True)}
+           "careful": partial(blog2019.train, careful=True),
+           "step": partial(stack_speed.alone, "maml"),
+           **{f"{p}_loop": partial(stack_speed.loop, p) for p in stack_speed.PORTS},
+           **{f"{p}_step": partial(stack_speed.alone, p) for p in stack_speed.PORTS},
+           **{f"{p}_was": partial(stack_speed.alone, f"{p}_was") for p in stack_speed.PORTS}}
 
 
 def run(argv):
@@ -145,7 +170,7 @@ def results(args, runs, loads, costs):
         command=program.command("studies.bench", args.argv, hide={"--torch-python": torch, **hide},
                                 env=args.torch_from_env and {"TORCH_PYTHON": torch}),
         environment=program.environment(costs and next(iter(costs.values()))["device"],
-                                        torch=args.torch_version),  # the driver starts no JAX
+                                        **args.versions),  # the driver starts no JAX
         when=program.now(), load=loads, rounds=args.rounds, steps=args.steps,
         settings={s: PEER_SETTINGS[s] for s in args.settings},
         implementations={key: IMPLS[key][0] for key in runs}, ms_per_step=times,
@@ -179,7 +204,10 @@ def render(data):
                [[labels[o], f"vs {b}", *(ratio(found.get((o, b, s))) for s in settings)]
                 for o, b in RATIOS if any((o, b, s) in found for s in settings)],
                "ll" + "r" * len(settings))]
-    if data["costs"]:
+    if data["costs"] and "xla" in next(iter(data["costs"].values())):  # --stacks
+        out += ["**XLA's counts of each compiled step** (one more process per setting)", "",
+                stack_speed.xla_table(data["costs"])]
+    elif data["costs"]:
         out += [f"**Where a step's time goes** (one more process per setting; µs per meta-step, "
                 f"median of {next(iter(data['costs'].values()))['repeats']} repeats)", "",
                 cost.step_table(data["costs"])]
@@ -194,18 +222,22 @@ def parse_args(argv=None):
     def at_least(n):
         return program.checked(int, lambda v: v >= n, f"a whole number >= {n}")
     ap = program.parser("python -m studies.bench", __doc__.split("\n")[0], out="figures",
-                        what="benchmark.json and benchmark.md")
+                        what="benchmark.json and benchmark.md (stacks.json, .md)")
     ap.add_argument("--rounds", type=at_least(1), default=3, help="runs of each (3)")
     ap.add_argument("--steps", type=at_least(100), default=2000, help="meta-steps a run (2000)")
     ap.add_argument("--settings", type=names(PEER_SETTINGS), default=list(PEER_SETTINGS),
                     help="paper, blog or both (both)")
-    ap.add_argument("--only", type=names(IMPLS), default=list(IMPLS),
-                    help="some of " + ",".join(IMPLS) + " (all it can run)")
-    ap.add_argument("--no-costs", action="store_true", help="skip where a step's time goes")
+    ap.add_argument("--only", type=names(IMPLS),
+                    help="some of " + ",".join(IMPLS) + " (all it can run of its part)")
+    ap.add_argument("--stacks", action="store_true",
+                    help="the ports of studies/stacks beside maml.py's loop and step: "
+                         f"{','.join(PARTS['stacks'])}, into stacks.json and stacks.md")
+    ap.add_argument("--no-costs", action="store_true",
+                    help="skip where a step's time goes (with --stacks: XLA's counts)")
     ap.add_argument("--peers", metavar="DIR", type=os.path.abspath,
                     help="the peers' folder, for the PyTorch rows")
     ap.add_argument("--torch-python", metavar="PY", help="a Python with torch (or $TORCH_PYTHON)")
-    ap.add_argument("--worker", choices=[*WORKERS, "costs"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=[*WORKERS, *COSTS], help=argparse.SUPPRESS)
     ap.add_argument("--setup", choices=experiment.SETUPS, default="paper", help=argparse.SUPPRESS)
     return program.parse(ap, argv)
 
@@ -213,6 +245,12 @@ def parse_args(argv=None):
 def runnable(args):
     """The implementations asked for that can run here, saying why any other is skipped."""
     keys, wanted, torch = args.only, {"torch", "torch1"} & set(args.only), None
+    for name, (module, *_) in stack_speed.PORTS.items():
+        missing = stack_speed.missing(name)
+        if missing and any(k.startswith(f"{name}_") for k in keys):
+            print(f"note: skipping {module}.py's rows: {' and '.join(missing)} not installed "
+                  "(pip install -r studies/stacks/requirements.txt)")
+            keys = [k for k in keys if not k.startswith(f"{name}_")]
     if wanted and args.peers and args.torch_python:
         torch = run([args.torch_python, "-c", "import torch; print(torch.__version__)"])
     if wanted and not torch:
@@ -229,18 +267,30 @@ def main(argv=None):
     args = parse_args(argv)
     setup = dict(experiment.SETUPS[args.setup], steps=args.steps)
     if args.worker:  # a worker prints one line: its time, or the costs as JSON
-        line = json.dumps(dict(cost.step_costs(setup), device=program.jax_device())) if (
-            args.worker == "costs") else "{:.4f} ms/step over {} steps; final loss {:.4f}".format(
-                *WORKERS[args.worker](setup))
+        line = json.dumps(COSTS[args.worker](setup)) if args.worker in COSTS else (
+            "{:.4f} ms/step over {} steps; final loss {:.4f}".format(*WORKERS[args.worker](setup)))
         return print(f"{args.worker}: {line}")
     args.torch_from_env = args.torch_python is None and "TORCH_PYTHON" in os.environ
     args.torch_python = args.torch_python or os.environ.get("TORCH_PYTHON")
-    keys, args.torch_version = runnable(args)
+    name = "stacks" if args.stacks else "benchmark"
+    args.only = args.only or PARTS[name]
+    keys, torch = runnable(args)
+    args.versions = {p: version(p) for p in ("flax", "equinox", "optax")} if args.stacks else {
+        "torch": torch}
     runs, loads = measure(keys, args)
-    costs = {s: json.loads(out.split("costs: ")[1]) for s in args.settings if not args.no_costs
-             and (out := run([sys.executable, *SELF[1:], "costs", "--setup", s]))}
-    text = program.write(args.out, "benchmark", results(args, runs, loads, costs), render)
-    print("\n" + text + f"\nwritten to {os.path.join(args.out, 'benchmark.json')} and .md")
+    worker = "xla" if args.stacks else "costs"
+    costs = {s: json.loads(out.split(f"{worker}: ")[1]) for s in args.settings if not args.no_costs
+             and (out := run([sys.executable, *SELF[1:], worker, "--setup", s]))}
+    text = program.write(args.out, name, results(args, runs, loads, costs), render)
+    print("\n" + text + f"\nwritten to {os.path.join(args.out, name + '.json')} and .md")
+
+
+def version(package):
+    """An installed package's version, or None (the driver imports none of them)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 if __name__ == "__main__":

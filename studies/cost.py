@@ -253,6 +253,9 @@ def step_parts(setup, n):
 # -8<- [end:step_parts]
 
 
+KERNEL = re.compile(r"= \S+ (?:fusion|dot|convolution|custom-call)\(")  # in a compiled HLO
+
+
 def xla_counts(setup):
     """XLA's count of one compiled step's floating-point operations, and its compute kernels."""
     state = maml.opt_init(maml.net_init(random.PRNGKey(0), (-1, 1))[1])
@@ -260,8 +263,7 @@ def xla_counts(setup):
     compiled = maml.step.lower(0, state, *batch, setup["alpha"]).compile()
     cost = compiled.cost_analysis()
     flops = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]  # a list in old jax
-    entry = compiled.as_text().split("ENTRY", 1)[1]
-    return flops, len(re.findall(r"= \S+ (?:fusion|dot|convolution|custom-call)\(", entry))
+    return flops, len(KERNEL.findall(compiled.as_text().split("ENTRY", 1)[1]))
 
 
 def step_costs(setup, n=500, repeats=7):
