@@ -123,26 +123,27 @@ def alone(name, setup):
     return time_steps(name, setup, lambda i: batch)
 
 
-def xla_counts(setup):
-    """XLA's counts of each step that can run here, compiled for one meta-batch:
-    floating-point operations, bytes accessed, compute kernels, transposes and copies;
-    and the device."""
+def xla_count(name, setup):
+    """XLA's counts of a step (a key of STEPS) compiled for one meta-batch:
+    floating-point operations, bytes accessed, compute kernels, transposes, copies."""
     batch = maml.sample_tasks(K_TASKS, setup["tasks"], setup["k"], setup["amp_range"])
-    counts = {}
-    for name in [s for s in STEPS if s == "maml" or not missing(s.split("_")[0])]:
-        step, args = begin(name)
-        lowered = step.lower(*args, *batch, setup["alpha"])
-        # filter_jit's Lowered holds jit's
-        compiled = getattr(lowered, "lowered", lowered).compile()
-        found = compiled.cost_analysis()
-        found = found[0] if isinstance(found, (list, tuple)) else found  # old jax
-        text = compiled.as_text()
-        counts[name] = dict(
-            mflop=found["flops"] / 1e6, mbytes=found["bytes accessed"] / 1e6,
-            kernels=len(cost.KERNEL.findall(text.split("ENTRY", 1)[1])),
-            transposes=len(re.findall(r" transpose\(", text)),
-            copies=len(re.findall(r" copy\(", text)))
-    return dict(xla=counts, device=program.jax_device())
+    step, args = begin(name)
+    lowered = step.lower(*args, *batch, setup["alpha"])
+    compiled = getattr(lowered, "lowered", lowered).compile()  # filter_jit's has jit's
+    found = compiled.cost_analysis()
+    found = found[0] if isinstance(found, (list, tuple)) else found  # old jax: a list
+    text = compiled.as_text()
+    return dict(mflop=found["flops"] / 1e6, mbytes=found["bytes accessed"] / 1e6,
+                kernels=len(cost.KERNEL.findall(text.split("ENTRY", 1)[1])),
+                transposes=len(re.findall(r" transpose\(", text)),
+                copies=len(re.findall(r" copy\(", text)))
+
+
+def xla_counts(setup):
+    """xla_count of every step that can run here, and the device."""
+    names = [s for s in STEPS if s == "maml" or not missing(s.split("_")[0])]
+    return dict(xla={name: xla_count(name, setup) for name in names},
+                device=program.jax_device())
 
 
 def xla_table(costs):
