@@ -1,8 +1,11 @@
 """How fast one meta-step of maml.py is, next to the 2019 code it replaces: figures/benchmark.json
 and benchmark.md (a quick look: docs/from-2019.md). Every run a fresh process, in interleaved
-rounds; the PyTorch peers need --peers DIR and --torch-python PY."""
+rounds; the PyTorch peers need --peers DIR and --torch-python PY. With --stacks: the ports
+of studies/stacks beside maml.py, and XLA's counts of each step, into stacks.json and stacks.md."""
 import argparse
+import importlib.metadata
 import itertools
+import json
 import math
 import os
 import re
@@ -20,7 +23,7 @@ from jax import random
 import experiment
 import maml
 from machinery import program
-from studies import blog2019
+from studies import blog2019, stack_speed
 
 SELF = ["{python}", "-m", "studies.bench", "--worker"]  # this module, in a process of its own
 PEER = ["{torch}", "{peers}/torch_func.py", "--outer", "grad", "--compile"]
@@ -33,13 +36,29 @@ IMPLS = {  # key: (label, command)
     "torch": ("PyTorch, compiled (torch_func.py --outer grad --compile)", PEER),
     "torch1": ("PyTorch, compiled, 1 thread (OMP_NUM_THREADS=1)",
                ["env", "OMP_NUM_THREADS=1", *PEER]),
+    "step": ("maml.step alone, on fixed tasks", [*SELF, "step"]),
+    "nnx_loop": ("Flax NNX port's loop (maml_nnx.py)", [*SELF, "nnx_loop"]),
+    "nnx_step": ("maml_nnx.step alone, on fixed tasks", [*SELF, "nnx_step"]),
+    "nnx_was": ("maml_nnx.step as it was (its nnx.State through jit)", [*SELF, "nnx_was"]),
+    "eqx_loop": ("Equinox port's loop (maml_equinox.py)", [*SELF, "eqx_loop"]),
+    "eqx_step": ("maml_equinox.step alone, on fixed tasks", [*SELF, "eqx_step"]),
+    "eqx_was": ("maml_equinox.step as it was (eqx.nn.MLP, filter_jit)", [*SELF, "eqx_was"]),
 }
+# What a run measures, and writes as NAME.json and NAME.md: the benchmark, or with --stacks the
+# ports of studies/stacks beside maml.py's loop and step.
+PARTS = {"benchmark": ["train", "loop", "pinned", "blog", "careful", "torch", "torch1"],
+         "stacks": ["loop", "step", "nnx_loop", "nnx_step", "nnx_was", "eqx_loop", "eqx_step",
+                    "eqx_was"]}
 # A baseline, by its stand-ins: a round's ratio is against the fastest (PyTorch's better threads).
 BASELINES = {"blog as written": ("blog",), "careful port": ("careful",),
-             "PyTorch": ("torch", "torch1"), "two cores": ("train",)}
+             "PyTorch": ("torch", "torch1"), "two cores": ("train",),
+             "maml.py's loop": ("loop",), "maml.step": ("step",)}
 RATIOS = [("train", "blog as written"), ("train", "careful port"), ("train", "PyTorch"),
           ("loop", "blog as written"), ("loop", "careful port"), ("loop", "PyTorch"),
-          ("pinned", "two cores")]
+          ("pinned", "two cores"), *((f"{p}_{kind}", baseline) for p in stack_speed.PORTS
+                                     for kind, baseline in (("loop", "maml.py's loop"),
+                                                            ("step", "maml.step"),
+                                                            ("was", "maml.step")))]
 # Every implementation prints one line in this form (the peers' own).
 LINE = re.compile(r"^(\S+): ([0-9.]+) ms/step over (\d+) steps; final loss (\S+)$", re.M)
 # The settings as the peers take them (their smallest amplitude is 0.1, as in both).
@@ -78,7 +97,11 @@ def worker_loop(setup):
 
 
 WORKERS = {"train": worker_train, "loop": worker_loop, "blog": blog2019.train,
-           "careful": partial(blog2019.train, careful=True)}
+           "careful": partial(blog2019.train, careful=True),
+           "step": partial(stack_speed.alone, "maml"),
+           **{f"{p}_loop": partial(stack_speed.loop, p) for p in stack_speed.PORTS},
+           **{f"{p}_step": partial(stack_speed.alone, p) for p in stack_speed.PORTS},
+           **{f"{p}_was": partial(stack_speed.alone, f"{p}_was") for p in stack_speed.PORTS}}
 
 
 def run(argv):
@@ -127,7 +150,7 @@ def timing(runs):
                    (("median", statistics.median), ("min", min), ("max", max))})
 
 
-def results(args, runs, loads):
+def results(args, runs, loads, xla):
     """benchmark.json: every measurement; a round's speed-up is over the baseline's fastest."""
     times = {key: {s: timing(runs[key][s]) for s in args.settings} for key in runs}
     speedups = []
@@ -143,11 +166,11 @@ def results(args, runs, loads):
     hide = {"--torch-python": torch, "--peers": "<the peers' folder>"}
     record = program.record(  # no device: the driver starts no JAX, its workers do
         "studies.bench", args.argv, loads=loads, hide=hide,
-        env=args.torch_from_env and {"TORCH_PYTHON": torch}, torch=args.torch_version)
+        env=args.torch_from_env and {"TORCH_PYTHON": torch}, **args.versions)
     return dict(record, rounds=args.rounds, steps=args.steps,
                 settings={s: PEER_SETTINGS[s] for s in args.settings},
                 implementations={key: IMPLS[key][0] for key in runs}, ms_per_step=times,
-                speedups=speedups)
+                speedups=speedups, **({"costs": xla} if xla else {}))
 
 
 def render(data):
@@ -176,23 +199,28 @@ def render(data):
             [[labels[o], f"vs {b}", *(ratio(found.get((o, b, s))) for s in settings)]
              for o, b in RATIOS if any((o, b, s) in found for s in settings)],
             "ll" + "r" * len(settings)),
+        *(["**XLA's counts of each compiled step** (one more process per setting)", "",
+           stack_speed.xla_table(data["costs"])] if data.get("costs") else []),
         program.conditions(data), ""])
 
 
 def parse_args(argv=None):
     ap = program.parser("python -m studies.bench", __doc__.split("\n")[0], out="figures",
-                        what="benchmark.json and benchmark.md")
+                        what="benchmark.json and benchmark.md (stacks.json, .md)")
     ap.add_argument("--rounds", type=program.at_least(1), default=3, help="runs of each (3)")
     ap.add_argument("--steps", type=program.at_least(100), default=2000,
                     help="meta-steps a run (2000)")
     ap.add_argument("--settings", type=program.some_of(PEER_SETTINGS), default=list(PEER_SETTINGS),
                     help="paper, blog or both (both)")
-    ap.add_argument("--only", type=program.some_of(IMPLS), default=list(IMPLS),
-                    help="some of " + ",".join(IMPLS) + " (all it can run)")
+    ap.add_argument("--only", type=program.some_of(IMPLS),
+                    help="some of " + ",".join(IMPLS) + " (all it can run of its part)")
+    ap.add_argument("--stacks", action="store_true",
+                    help="the ports of studies/stacks beside maml.py's loop and step: "
+                         f"{','.join(PARTS['stacks'])}, into stacks.json and stacks.md")
     ap.add_argument("--peers", metavar="DIR", type=os.path.abspath,
                     help="the peers' folder, for the PyTorch rows")
     ap.add_argument("--torch-python", metavar="PY", help="a Python with torch (or $TORCH_PYTHON)")
-    ap.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=[*WORKERS, "xla"], help=argparse.SUPPRESS)
     ap.add_argument("--setup", choices=experiment.SETUPS, default="paper", help=argparse.SUPPRESS)
     return program.parse(ap, argv)
 
@@ -202,6 +230,12 @@ def runnable(args):
     keys = args.only
     wanted = {"torch", "torch1"} & set(args.only)
     torch = None
+    for name, (module, *_) in stack_speed.PORTS.items():
+        missing = stack_speed.missing(name)
+        if missing and any(k.startswith(f"{name}_") for k in keys):
+            print(f"note: skipping {module}.py's rows: {' and '.join(missing)} not installed "
+                  "(pip install -r studies/stacks/requirements.txt)")
+            keys = [k for k in keys if not k.startswith(f"{name}_")]
     if wanted and args.peers and args.torch_python:
         torch = run([args.torch_python, "-c", "import torch; print(torch.__version__)"])
     if wanted and not torch:
@@ -217,16 +251,32 @@ def runnable(args):
 def main(argv=None):
     args = parse_args(argv)
     setup = dict(experiment.SETUPS[args.setup], steps=args.steps)
+    if args.worker == "xla":  # XLA's counts of the stacks' steps, as JSON
+        return print(f"xla: {json.dumps(stack_speed.xla_counts(setup))}")
     if args.worker:  # a worker prints one line: its time
         line = "{:.4f} ms/step over {} steps; final loss {:.4f}".format(
             *WORKERS[args.worker](setup))
         return print(f"{args.worker}: {line}")
     args.torch_from_env = args.torch_python is None and "TORCH_PYTHON" in os.environ
     args.torch_python = args.torch_python or os.environ.get("TORCH_PYTHON")
-    keys, args.torch_version = runnable(args)
+    name = "stacks" if args.stacks else "benchmark"
+    args.only = args.only or PARTS[name]
+    keys, torch = runnable(args)
+    stacks = {p: version(p) for p in ("flax", "equinox", "optax")}
+    args.versions = stacks if args.stacks else {"torch": torch}
     runs, loads = measure(keys, args)
-    text = program.write(args.out, "benchmark", results(args, runs, loads), render)
-    print("\n" + text + f"\nwritten to {os.path.join(args.out, 'benchmark.json')} and .md")
+    xla = {s: json.loads(out.split("xla: ")[1]) for s in args.settings if args.stacks
+           and (out := run([sys.executable, *SELF[1:], "xla", "--setup", s]))}
+    text = program.write(args.out, name, results(args, runs, loads, xla), render)
+    print("\n" + text + f"\nwritten to {os.path.join(args.out, name + '.json')} and .md")
+
+
+def version(package):
+    """An installed package's version, or None (the driver imports none of them)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 if __name__ == "__main__":

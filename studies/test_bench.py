@@ -8,9 +8,13 @@ Run with `python -m pytest studies/test_bench.py`. The checks:
   two loops trained on the same batches;
 - the committed run measured every implementation in every round;
 - every number the Performance and From 2019 pages state about the benchmark is the JSON's, and
-  every marked section of the two programs is shown on the Performance page.
+  every marked section of the two programs is shown on the Performance page;
+- the stack part (--stacks): without a stack package its rows are skipped, saying so; the
+  committed figures/stacks.md is the rendering of figures/stacks.json, and every number the
+  stack page states about speed is that JSON's.
 Speed itself is measured by the program, never asserted by a test.
 """
+import importlib.util
 import math
 
 import jax
@@ -20,11 +24,12 @@ from jax import random
 
 import maml
 from machinery import program
-from studies import bench, blog2019
+from studies import bench, blog2019, stack_speed
 from studies.conftest import ROOT, experiment_env, stated
 from studies.test_docs import includes, sections
 
 COMMITTED = program.read_json(ROOT / "figures" / "benchmark.json")
+STACKS = program.read_json(ROOT / "figures" / "stacks.json")
 
 
 def test_the_2019_port_computes_maml_py_s_loss_and_update():
@@ -98,6 +103,18 @@ def test_without_peers_the_pytorch_rows_are_skipped_saying_so(capsys):
     assert "skipping the PyTorch peers" in capsys.readouterr().out
 
 
+def test_without_a_stack_package_the_port_s_rows_are_skipped_saying_so(monkeypatch, capsys):
+    """Where equinox is not installed, --stacks runs maml.py's rows and NNX's, and says why the
+    Equinox rows are missing; nothing imports a port to find out."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "equinox" else real(name, *a))
+    args = bench.parse_args(["--stacks"])
+    args.only, args.torch_python = bench.PARTS["stacks"], None
+    assert bench.runnable(args) == (["loop", "step", "nnx_loop", "nnx_step", "nnx_was"], None)
+    assert "skipping maml_equinox.py's rows: equinox not installed" in capsys.readouterr().out
+
+
 def test_the_committed_run_is_the_benchmark_with_every_round_of_every_implementation():
     """figures/benchmark.json's command runs the benchmark, with the PyTorch peers as the page
     says, and every implementation ran every round (its table: test_results.py)."""
@@ -156,3 +173,35 @@ def test_the_performance_page_states_the_committed_numbers():
                 f"{s['blog']['tasks']}", f"{s['blog']['alpha']:g}", f"{s['blog']['amp_max']:g}"]
     assert stated("docs/performance.md", "## The measurement") == [*settings, *["2019"] * 3]
     assert stated("docs/performance.md", "## One core or two") == pinned_numbers()
+
+
+def test_the_committed_stack_run_has_every_round_of_every_row():
+    """figures/stacks.json (its table: test_results.py) was made by `python -m studies.bench
+    --stacks`: every row of the stack part ran every round, with flax, equinox and optax, and
+    XLA's counts cover every step."""
+    assert STACKS["command"].startswith("python -m studies.bench --stacks")
+    assert list(STACKS["ms_per_step"]) == bench.PARTS["stacks"]
+    for key, by_setting in STACKS["ms_per_step"].items():
+        for t in by_setting.values():
+            assert len(t["rounds"]) == STACKS["rounds"] and None not in t["rounds"], key
+    assert all(STACKS["environment"][p] for p in ("flax", "equinox", "optax"))
+    for found in STACKS["costs"].values():
+        assert list(found["xla"]) == list(stack_speed.STEPS)
+
+
+def stack_numbers(data=STACKS):
+    """The numbers of the stack page's "Speed", in order, from the JSON (the paper's setting):
+    each loop's and step's speed-up on maml.py's, then each step's as it was; the transposes,
+    copies and MB of Equinox's step as it was, of maml.step, and of Equinox's step now."""
+    xla = data["costs"]["paper"]["xla"]
+    speed = [f"{ratio(key, base, 'paper', data)['median']:.2f}" for key, base in (
+        ("nnx_loop", "maml.py's loop"), ("eqx_loop", "maml.py's loop"), ("nnx_step", "maml.step"),
+        ("eqx_step", "maml.step"), ("nnx_was", "maml.step"), ("eqx_was", "maml.step"))]
+    layout = [[str(xla[s]["transposes"]), str(xla[s]["copies"]), f"{xla[s]['mbytes']:.2f}"]
+              for s in ("eqx_was", "maml", "eqx")]
+    return speed + layout[0] + layout[1] + layout[2]
+
+
+def test_the_stack_page_states_the_committed_speeds_and_counts():
+    """Every number in the prose of the stack page's "Speed" is the committed stacks.json's."""
+    assert stated("docs/stack.md", "## Speed") == stack_numbers()

@@ -109,6 +109,7 @@ def test_the_committed_runs_used_the_setups_and_the_papers_numbers_of_todays_cod
 RENDERERS = {"results": report.results_text, "benchmark": bench.render,
              "comparison": compare.render, "cost": cost.render, "curvature": curvature.render,
              "plateau": plateau_study.render, "released": released.render,
+             "stacks": bench.render,
              "variants": variants.render}
 PAIRS = sorted((data, table) for data in (ROOT / "figures").rglob("*.json")
                for table in (data.with_suffix(".md"), data.with_suffix(".txt")) if table.exists())

@@ -6,7 +6,8 @@ NNX modules are mutable Python objects. Here nnx.split turns one into a static g
 and a pytree of its nnx.Param arrays, the functions below are pure functions of that pytree, and
 JAX's own grad, vmap and jit transform them, as they do maml.py's. (nnx.grad would differentiate
 the module itself, and Flax's "Tree Mode" design note plans to change what it differentiates; the
-split/merge pattern is what survives that change.)
+split/merge pattern is what survives that change.) `step` takes that pytree's leaves, a flat list:
+a State crosses a jitted function's boundary by a flatten in Python, a list by one in C++.
 """
 import time
 from functools import partial
@@ -17,6 +18,7 @@ import numpy as np
 import optax
 from flax import nnx
 from jax import grad, jit, random, vmap
+from jax.tree_util import tree_leaves, tree_unflatten
 
 
 # -8<- [start:model]
@@ -39,7 +41,9 @@ def net_init(key):
     return graphdef, params
 
 
-graphdef, _ = net_init(random.PRNGKey(0))  # the structure all networks here share
+# The structure all networks here share: the graph's, and the State's (step's list).
+graphdef, state = net_init(random.PRNGKey(0))
+treedef = jax.tree_util.tree_structure(state)
 
 
 def net_apply(params, inputs):
@@ -106,30 +110,32 @@ optimizer = optax.adam(1e-3)  # b1 0.9, b2 0.999, eps 1e-8: example_libraries' a
 
 
 @jit
-def step(params, opt_state, x1, y1, x2, y2, alpha=0.01):
-    """One meta-update; optax keeps no parameters: they go in and out beside it."""
+def step(leaves, opt_state, x1, y1, x2, y2, alpha=0.01):
+    """One meta-update; optax keeps no parameters: they go in and out beside it, as
+    the State's leaves: jit flattens a list in C++ at every call, a State in Python."""
     value_and_grad = jax.value_and_grad(batch_maml_loss)
+    params = tree_unflatten(treedef, leaves)  # a State again, for this trace
     meta_loss, meta_grads = value_and_grad(params, x1, y1, x2, y2, alpha)
-    updates, opt_state = optimizer.update(meta_grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, meta_loss
+    updates, opt_state = optimizer.update(tree_leaves(meta_grads), opt_state, leaves)
+    return optax.apply_updates(leaves, updates), opt_state, meta_loss
 # -8<- [end:step]
 
 
 # -8<- [start:main]
 def main(steps=50_000, seed=0):
     key_init, key_tasks, key_test = random.split(random.PRNGKey(seed), 3)
-    params = net_init(key_init)[1]
-    opt_state = optimizer.init(params)
+    leaves = tree_leaves(net_init(key_init)[1])  # the State's arrays, for step
+    opt_state = optimizer.init(leaves)
     keys = np.asarray(random.split(key_tasks, steps))  # split once, on the host
     start = time.perf_counter()
     for i, key in enumerate(keys):
         tasks = sample_tasks(key, 25, 10)
-        params, opt_state, meta_loss = step(params, opt_state, *tasks)
+        leaves, opt_state, meta_loss = step(leaves, opt_state, *tasks)
         if (i + 1) % 10_000 == 0 or i + 1 == steps:
             print(f"step {i + 1:>6,}/{steps:,}  meta-loss {float(meta_loss):.3f}  "
                   f"{time.perf_counter() - start:.0f} s")
     x1, y1, x2, y2 = sample_tasks(key_test, 600, 100)
-    x1, y1 = x1[:, :5], y1[:, :5]
+    params, x1, y1 = tree_unflatten(treedef, leaves), x1[:, :5], y1[:, :5]
     before, after = loss(params, x2, y2), batch_maml_loss(params, x1, y1, x2, y2)
     print(f"600 new tasks, K = 5: MSE {float(before):.2f} before adapting, "
           f"{float(after):.2f} after one inner_update "

@@ -1,0 +1,158 @@
+"""How fast the ports of studies/stacks run beside maml.py: the workers of the
+benchmark's stack rows (`python -m studies.bench --stacks`, each row a process of its
+own) and XLA's counts of each compiled step. A port is imported by its own rows alone:
+without flax, equinox or optax the benchmark runs, and says that it skipped them.
+
+A port runs as its main() runs it: its step called from Python once a meta-step, on a
+flat list of the parameters, from train()'s key. Two more rows keep each port's step as
+it stood before issue 32: Flax NNX's nnx.State itself in and out of jax.jit, and
+Equinox's eqx.nn.MLP as it comes (its Linear computes W @ x for one point) under
+eqx.filter_jit.
+"""
+import importlib
+import importlib.util
+import re
+import time
+
+import jax
+import numpy as np
+from jax import random
+from jax.tree_util import tree_leaves
+
+import maml
+from machinery import program
+
+KERNEL = re.compile(r"= \S+ (?:fusion|dot|convolution|custom-call)\(")  # in a compiled HLO
+
+# A port: its module, the packages it needs, and its first parameters as its step takes
+# them (its main()'s first lines).
+PORTS = {"nnx": ("maml_nnx", ("flax", "optax"),
+                 lambda m, key: tree_leaves(m.net_init(key)[1])),
+         "eqx": ("maml_equinox", ("equinox", "optax"),
+                 lambda m, key: tree_leaves(m.eqx.filter(m.net_init(key),
+                                                         m.eqx.is_inexact_array)))}
+STEPS = {"maml": "maml.step", "nnx": "maml_nnx.step",
+         "nnx_was": "maml_nnx.step as it was", "eqx": "maml_equinox.step",
+         "eqx_was": "maml_equinox.step as it was"}
+# train()'s keys, as bench.worker_loop's: the first initialises, the second draws tasks.
+K_INIT, K_TASKS = random.split(random.PRNGKey(0), 5)[:2]
+
+
+def missing(name):
+    """The packages that a port ("nnx", "eqx") needs and this Python lacks."""
+    return [p for p in PORTS[name][1] if importlib.util.find_spec(p) is None]
+
+
+def port(name):
+    """A port's module ("nnx", "eqx", either with "_was"), imported as its row runs."""
+    return importlib.import_module(f"studies.stacks.{PORTS[name.split('_')[0]][0]}")
+
+
+def nnx_as_it_was(m):
+    """maml_nnx.py's step before issue 32, the nnx.State itself in and out of jax.jit,
+    and its first arguments."""
+    @jax.jit
+    def step(params, opt_state, x1, y1, x2, y2, alpha):
+        value_and_grad = jax.value_and_grad(m.batch_maml_loss)
+        meta_loss, meta_grads = value_and_grad(params, x1, y1, x2, y2, alpha)
+        updates, opt_state = m.optimizer.update(meta_grads, opt_state, params)
+        return m.optax.apply_updates(params, updates), opt_state, meta_loss
+    params = m.net_init(K_INIT)[1]
+    return step, [params, m.optimizer.init(params)]
+
+
+def eqx_as_it_was(m):
+    """maml_equinox.py's step before issue 32, eqx.nn.MLP as it comes under
+    eqx.filter_jit, and its first arguments."""
+    eqx = m.eqx
+
+    @eqx.filter_jit
+    def step(model, opt_state, x1, y1, x2, y2, alpha):
+        value_and_grad = eqx.filter_value_and_grad(m.batch_maml_loss)
+        meta_loss, meta_grads = value_and_grad(model, x1, y1, x2, y2, alpha)
+        arrays = eqx.filter(model, eqx.is_inexact_array)
+        updates, opt_state = m.optimizer.update(meta_grads, opt_state, arrays)
+        return eqx.apply_updates(model, updates), opt_state, meta_loss
+    model = eqx.nn.MLP(1, 1, width_size=40, depth=2, activation=jax.nn.relu,
+                       key=K_INIT)
+    return step, [model, m.optimizer.init(eqx.filter(model, eqx.is_inexact_array))]
+
+
+def begin(name):
+    """A step (a key of STEPS) and its first arguments before the batch: maml.step's
+    (0, its state), a port's (its parameters, optax's state), from train()'s key."""
+    if name == "maml":
+        return maml.step, [0, maml.opt_init(maml.net_init(K_INIT, (-1, 1))[1])]
+    m = port(name)
+    if name.endswith("_was"):
+        return {"nnx_was": nnx_as_it_was, "eqx_was": eqx_as_it_was}[name](m)
+    params = PORTS[name][2](m, K_INIT)
+    return m.step, [params, m.optimizer.init(params)]
+
+
+def time_steps(name, setup, batch_of):
+    """A step (a key of STEPS) on batch_of(i) at step i, timed as bench.worker_loop
+    times maml.py's loop: the steady state after min(50, N/10) steps. Its ms per step,
+    the steps timed, its last loss."""
+    step, args = begin(name)
+    warm = min(50, setup["steps"] // 10)
+    for i in range(setup["steps"]):
+        if i == warm:  # compiled and warm
+            jax.block_until_ready(args)
+            t0 = time.perf_counter()
+        *out, loss = step(*args, *batch_of(i), setup["alpha"])
+        args = [i + 1, *out] if name == "maml" else out
+    jax.block_until_ready(args)
+    timed = setup["steps"] - warm
+    return 1e3 * (time.perf_counter() - t0) / timed, timed, float(loss)
+
+
+def loop(name, setup):
+    """A port's main() loop, its sample_tasks and step, on worker_loop's tasks."""
+    keys = np.asarray(random.split(K_TASKS, setup["steps"]))
+    m = port(name)
+
+    def batch_of(i):
+        return m.sample_tasks(keys[i], setup["tasks"], setup["k"], setup["amp_range"])
+    return time_steps(name, setup, batch_of)
+
+
+def alone(name, setup):
+    """A step alone, on one fixed meta-batch: the loop's first."""
+    key = random.split(K_TASKS, setup["steps"])[0]
+    batch = maml.sample_tasks(key, setup["tasks"], setup["k"], setup["amp_range"])
+    return time_steps(name, setup, lambda i: batch)
+
+
+def xla_count(name, setup):
+    """XLA's counts of a step (a key of STEPS) compiled for one meta-batch:
+    floating-point operations, bytes accessed, compute kernels, transposes, copies."""
+    batch = maml.sample_tasks(K_TASKS, setup["tasks"], setup["k"], setup["amp_range"])
+    step, args = begin(name)
+    lowered = step.lower(*args, *batch, setup["alpha"])
+    compiled = getattr(lowered, "lowered", lowered).compile()  # filter_jit's has jit's
+    found = compiled.cost_analysis()
+    found = found[0] if isinstance(found, (list, tuple)) else found  # old jax: a list
+    text = compiled.as_text()
+    return dict(mflop=found["flops"] / 1e6, mbytes=found["bytes accessed"] / 1e6,
+                kernels=len(KERNEL.findall(text.split("ENTRY", 1)[1])),
+                transposes=len(re.findall(r" transpose\(", text)),
+                copies=len(re.findall(r" copy\(", text)))
+
+
+def xla_counts(setup):
+    """xla_count of every step that can run here, and the device."""
+    names = [s for s in STEPS if s == "maml" or not missing(s.split("_")[0])]
+    return dict(xla={name: xla_count(name, setup) for name in names},
+                device=program.jax_device())
+
+
+def xla_table(costs):
+    """Markdown: xla_counts, a row for each step and setting."""
+    header = ["compiled step", "setting", "MFLOP", "MB accessed", "kernels",
+              "transposes", "copies"]
+    return program.table(header, [
+        [STEPS[name], setting, f"{c['mflop']:.2f}", f"{c['mbytes']:.2f}",
+         *(str(c[k]) for k in ("kernels", "transposes", "copies"))]
+        for setting, found in costs.items() for name, c in found["xla"].items()],
+        "llrrrrr")
