@@ -104,11 +104,13 @@ def test_without_peers_the_pytorch_rows_are_skipped_saying_so(capsys):
 
 
 def test_without_a_stack_package_the_port_s_rows_are_skipped_saying_so(monkeypatch, capsys):
-    """Where equinox is not installed, --stacks runs maml.py's rows and NNX's, and says why the
-    Equinox rows are missing; nothing imports a port to find out."""
+    """Where equinox is not installed (and flax and optax are, whatever this Python has), --stacks
+    runs maml.py's rows and NNX's, and says why the Equinox rows are missing; nothing imports a
+    port to find out."""
     real = importlib.util.find_spec
+    found = {"equinox": None, "flax": "found", "optax": "found"}
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "equinox" else real(name, *a))
+                        lambda name, *a: found[name] if name in found else real(name, *a))
     args = bench.parse_args(["--stacks"])
     args.only, args.torch_python = bench.PARTS["stacks"], None
     assert bench.runnable(args) == (["loop", "step", "nnx_loop", "nnx_step", "nnx_was"], None)
