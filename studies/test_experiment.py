@@ -5,6 +5,7 @@ The algorithm's own claims (derivatives, batching, the sampler) are in test_maml
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -596,28 +597,32 @@ HUGE = [(["--steps", str(10**13)], "--steps"), (["--seeds", str(10**9)], "--seed
         (["--k", str(10**9)], "--k"), (["--eval-tasks", str(10**12)], "--eval-tasks")]
 
 
-# Sets the address-space limit, then becomes the program (same process: wait4 measures it). Not
-# Popen's preexec_fn, which forks this process, whose JAX threads make forking unsafe.
+# Sets the address-space limit, forks the program and prints its exit code and peak resident
+# memory (wait4). The program is forked from this small process, not from pytest's: a child's peak
+# starts at what its parent held when it forked, and a suite's pytest holds a gigabyte or more.
 LIMITED = ("import os, resource, sys; limit = int(sys.argv[1]); "
-           "resource.setrlimit(resource.RLIMIT_AS, (limit, limit)); "
-           "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
+           "resource.setrlimit(resource.RLIMIT_AS, (limit, limit)); pid = os.fork(); "
+           "pid or os.execv(sys.executable, [sys.executable, *sys.argv[2:]]); "
+           "_, status, usage = os.wait4(pid, 0); "
+           "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)")
 
 
 def run_limited(argv, folder, memory=2 * 2**30, seconds=300):
     """`python experiment.py ARGV` under an address-space limit (RLIMIT_AS) and a time limit (then
-    SIGKILL): its exit code, stderr, peak resident memory (bytes, its own: wait4) and seconds."""
+    SIGKILL to its process group): its exit code, stderr, peak resident memory (bytes, its own:
+    wait4) and seconds."""
     pytest.importorskip("resource")  # Unix
     t0 = time.monotonic()
     with open(folder / "stderr", "w") as err:
         child = subprocess.Popen([sys.executable, "-c", LIMITED, str(memory), "experiment.py", *argv],
-                                 cwd=ROOT, env=cpu_env(), stdout=subprocess.DEVNULL, stderr=err)
-        timer = threading.Timer(seconds, child.kill)
+                                 cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE, stderr=err,
+                                 text=True, start_new_session=True)
+        timer = threading.Timer(seconds, os.killpg, (child.pid, signal.SIGKILL))
         timer.start()
-        _, status, usage = os.wait4(child.pid, 0)
+        out, _ = child.communicate()
         timer.cancel()
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return (child.returncode, (folder / "stderr").read_text(), usage.ru_maxrss * 1024,
-            time.monotonic() - t0)
+    code, peak_kib = map(int, out.split()[-2:])
+    return code, (folder / "stderr").read_text(), peak_kib * 1024, time.monotonic() - t0
 
 
 @pytest.mark.slow
