@@ -72,26 +72,6 @@ def parse(ap, argv=None):
     return args
 
 
-def figures_parser(name, description, what):
-    """The parser of a study of saved runs: --out (figures), and --figures DIR, where
-    they are."""
-    ap = parser(f"python -m studies.{name}", description, out="figures", what=what)
-    ap.add_argument("--figures", default=os.path.join(ROOT, "figures"), metavar="DIR",
-                    help="the folder that holds a folder of saved runs per setup "
-                    "(figures)")
-    return ap
-
-
-def check_saved(ap, args, setups, files):
-    """Stop in one line (exit 2) unless --figures holds each setup's saved `files`."""
-    for setup in setups:
-        folder = os.path.join(args.figures, setup)
-        missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
-        if missing:
-            ap.error(f"argument --figures: {folder} holds no {missing[0]}; save the "
-                     f"runs with python experiment.py --setup {setup} --out {folder}")
-
-
 @contextlib.contextmanager
 def closed_pipe_exits():
     """A reader that goes away (`... | head`) ends the program with exit 141, a shell's

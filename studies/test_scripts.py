@@ -1,127 +1,20 @@
-"""The programs in studies/ that the pages show (their committed results: test_results.py).
+"""What the programs in studies/ share: the command line and --out (machinery/program.py);
+and the bounds the issues set on the files. Their committed results: test_results.py.
 
-Run with `python -m pytest studies/test_scripts.py`. The programs run in a quick mode, in this
-process where they can (their functions are called; only what they time starts processes of its
-own), and each program's --help in a process of its own:
-- studies.curvature on two runs that experiment.py trains here: its power iteration against the
-  eigenvalues of the full Hessian, its count of tasks that ended worse against experiment.py's
-  own count, and its JSON against itself;
-- studies.plateau's quick run: every cell of its 2 x 2 and the slow runs trained twice as long;
-- the command line every program shares (machinery/program.py).
-Speed itself is measured by the programs, never asserted by a test.
+Run with `python -m pytest studies/test_scripts.py`. studies.compare runs in this process (its
+functions are called), each program's --help in a process of its own. Speed itself is measured
+by the programs, never asserted by a test.
 """
 import ast
-import importlib
 import os
 import subprocess
 import sys
 
-import jax
-import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
 
-import experiment
-import maml
 from machinery import program
 from studies.conftest import HANG_S, ROOT, cpu_env
-from studies import compare, curvature, plateau
-
-FIGURES = os.path.join(program.ROOT, "figures")
-
-
-@pytest.fixture(scope="module")
-def saved_runs(tmp_path_factory):
-    """A folder of saved runs as experiment.py writes them (params.npz, results.json): two runs
-    of the released code's setting, briefly trained, evaluated on 20 held-out tasks."""
-    figures = tmp_path_factory.mktemp("figures")
-    experiment.main(["--setup", "code", "--seeds", "2", "--steps", "100", "--eval-tasks", "20",
-                     "--out", str(figures / "code")])
-    return figures
-
-
-@pytest.fixture(scope="module")
-def curvature_run(saved_runs):
-    """`python -m studies.curvature` on those runs, into a folder not there yet: its JSON."""
-    out = saved_runs / "curvature"
-    curvature.main(["--figures", str(saved_runs), "--setups", "code", "--out", str(out)])
-    return program.read_json(out / "curvature.json")
-
-
-@pytest.mark.slow
-def test_curvature_power_iteration_finds_the_largest_hessian_eigenvalue(saved_runs,
-                                                                        curvature_run):
-    """The top eigenvalue that the curvature program recorded for the first three held-out tasks
-    of run 0 at K = 5 is the largest of numpy's eigvalsh of the full 1,761 x 1,761 Hessian
-    (float64) at that run's saved parameters, on those tasks drawn again from run 0's test key.
-    Float32 Hessian-vector products and 300 iterations: agreement to 1e-3 relative (seen: ~1e-6)."""
-    data = curvature_run
-    params, results = curvature.load(saved_runs / "code")
-    run0 = jax.tree_util.tree_map(lambda a: a[0], params)
-    key = experiment.run_keys(results["seeds"][0], 1)[4, 0]
-    x1, y1, _, _ = experiment.eval_tasks(key, results["eval_tasks"], max(experiment.EVAL_KS),
-                                         tuple(results["setup"]["amp_range"]))
-    recorded = next(k for k in data["setups"][0]["ks"] if k["k"] == 5)["runs"][0]["eigenvalues"]
-    theta, unravel = ravel_pytree(run0)
-
-    @jax.jit
-    def dense_hessian(x, y):  # compiled once for the three tasks
-        return jax.hessian(lambda th: maml.loss(unravel(th), x, y))(theta)
-    for t in range(3):
-        want = np.linalg.eigvalsh(np.asarray(dense_hessian(x1[t, :5], y1[t, :5]), np.float64))
-        assert abs(recorded[t] - want.max()) <= 1e-3 * abs(want.max()), (t, recorded[t], want.max())
-
-
-@pytest.mark.slow
-def test_curvature_counts_the_tasks_that_experiment_py_found_worse(saved_runs, curvature_run):
-    """For every K and run, the tasks that the curvature program found ending worse (MSE after
-    10 steps above the MSE before) are as many as experiment.py's own evaluation counted in
-    results.json: the program redraws the same held-out tasks and adapts with the same step
-    sizes. Some task did end worse, so the comparison is not of two zeros."""
-    data = curvature_run
-    results = program.read_json(saved_runs / "code" / "results.json")
-    theirs = {c["k"]: [run["worse"] for run in c["runs"]]
-              for c in results["cells"] if c["model"] == "MAML"}
-    ours = {k["k"]: [run["counts"]["worse"] for run in k["runs"]]
-            for k in data["setups"][0]["ks"]}
-    assert ours == theirs
-    assert sum(map(sum, ours.values())) > 0, ours
-
-
-@pytest.mark.slow
-def test_curvature_json_holds_every_task(curvature_run):
-    """The JSON has, per K, one record per seed with one eigenvalue per held-out task; its counts
-    agree with its per-task data (the eigenvalues above 2 / step size, the tasks listed as worse,
-    each with the eigenvalue of its task)."""
-    data = curvature_run
-    setup = data["setups"][0]
-    assert setup["tasks_measured"] == setup["eval_tasks"] == 20
-    for k in setup["ks"]:
-        assert [run["seed"] for run in k["runs"]] == setup["seeds"]
-        for run in k["runs"]:
-            lam, worse = np.array(run["eigenvalues"]), run["worse_tasks"]
-            steep = lam > run["threshold"]
-            assert len(lam) == run["counts"]["tasks"] == 20 and np.all(lam > 0)
-            assert run["counts"]["steep"] == steep.sum()
-            assert run["counts"]["worse"] == len(worse)
-            assert run["counts"]["both"] == sum(steep[w["task"]] for w in worse)
-            assert all(w["eigenvalue"] == lam[w["task"]] for w in worse)
-
-
-@pytest.mark.slow
-def test_plateau_quick_run_trains_the_open_cells_and_the_slow_runs_twice_as_long(tmp_path):
-    """`python -m studies.plateau --quick` (300 steps, 2 runs a cell, 50 tasks), in this process:
-    the two cells of the 2 x 2 that no setting covers are trained here, the code setting's slow
-    seeds (13 and 16) are trained again for a second block that goes on from the first (through
-    experiment.train's start, which once broke it unnoticed)."""
-    plateau.main(["--quick", "--out", str(tmp_path)])
-    data = program.read_json(tmp_path / "plateau.json")
-    trained = [c for c in data["grid"] if c["source"].startswith("trained here")]
-    assert len(trained) == 2 and all(c["seeds"] == [0, 1] and len(c["k5"]) == 2 for c in trained)
-    code = data["catch_up"]["code"]
-    assert code["seeds"] == [13, 16] and len(code["leaves_plateau"]) == 2
-    assert code["at_70k"] != code["at_140k"]  # the second block trained on
-    assert data["catch_up"]["paper"]["seeds"] == []  # the paper's text has no slow run
+from studies import compare
 
 
 def test_the_recorded_command_names_no_path_of_this_machine():
@@ -140,7 +33,7 @@ def test_the_recorded_command_names_no_path_of_this_machine():
 
 # ---- the command line every program shares (machinery/program.py) ------------------------------
 
-PROGRAMS = ["compare", "cost", "curvature", "distributed", "plateau", "released", "sharding", "variants"]
+PROGRAMS = ["compare", "cost", "distributed", "released", "sharding", "variants"]
 
 
 def files(folder):
@@ -181,25 +74,6 @@ def test_an_out_that_is_a_file_stops_in_one_line_and_writes_nothing(tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1 and "--out" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
-
-
-@pytest.mark.parametrize("name, argv, flag", [
-    ("curvature", ["--setups", "foo"], "--setups"),
-    ("curvature", ["--figures", "missing"], "--figures"),
-    ("curvature", ["--setups", "paper,blog"], "--figures"),  # no blog runs are committed
-    ("plateau", ["--figures", "missing"], "--figures")])
-def test_saved_runs_that_are_not_there_stop_in_one_line_naming_the_flag(name, argv, flag, tmp_path,
-                                                                        capsys):
-    """A study of saved runs checks, before it computes anything, that every setup it reads is
-    one of experiment.py's and that --figures holds its saved files: one line, exit 2, no folder
-    made, rather than a traceback from deep inside the study."""
-    study = importlib.import_module(f"studies.{name}")
-    argv = [str(tmp_path / a) if a == "missing" else a for a in argv]
-    with pytest.raises(SystemExit) as stop:
-        study.main([*argv, "--out", str(tmp_path / "out")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert stop.value.code == 2 and len(err) == 1 and f"argument {flag}:" in err[0], err
-    assert not (tmp_path / "out").exists()
 
 
 def test_the_files_keep_the_shape_the_issues_set():
