@@ -33,7 +33,7 @@ def test_the_recorded_command_names_no_path_of_this_machine():
 
 # ---- the command line every program shares (machinery/program.py) ------------------------------
 
-PROGRAMS = ["compare", "cost", "distributed", "released", "sharding", "variants"]
+PROGRAMS = ["compare", "cost", "released", "sharding", "variants"]
 
 
 def files(folder):
