@@ -154,27 +154,14 @@ def test_the_from_2019_page_states_the_committed_speedups():
         "2019", *x[:4], *x[4:], str(COMMITTED["rounds"])]
 
 
-def pinned_numbers(data=COMMITTED):
-    """The numbers of "One core or two": the share of the two-core time that the pinned training
-    loop took (the inverse of its speed-up), the median and the range of the rounds, at the
-    paper's setting and then at the blog's."""
-    out = []
-    for setting in ("paper", "blog"):
-        r = ratio("pinned", "two cores", setting, data)
-        out += [f"{1 / r['median']:.2f}", f"{1 / max(r['rounds']):.2f}",
-                f"{1 / min(r['rounds']):.2f}"]
-    return out
-
-
 def test_the_performance_page_states_the_committed_numbers():
     """Every number in the prose of the Performance page's sections about the benchmark, in
     order, is the committed JSON's (a sentence may be reworded freely; a number that is not the
-    JSON's, or one added unchecked, fails): the settings, one core or two."""
+    JSON's, or one added unchecked, fails): the settings."""
     s = COMMITTED["settings"]
     settings = [f"{s['paper']['tasks']}", f"{s['paper']['alpha']:g}", f"{s['paper']['amp_max']:g}",
                 f"{s['blog']['tasks']}", f"{s['blog']['alpha']:g}", f"{s['blog']['amp_max']:g}"]
     assert stated("docs/performance.md", "## The measurement") == [*settings, *["2019"] * 3]
-    assert stated("docs/performance.md", "## One core or two") == pinned_numbers()
 
 
 def test_the_committed_stack_run_has_every_round_of_every_row():
