@@ -9,7 +9,6 @@ import json
 import math
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,6 @@ PEER = ["{torch}", "{peers}/torch_func.py", "--outer", "grad", "--compile"]
 IMPLS = {  # key: (label, command)
     "train": ("experiment.py training loop", [*SELF, "train"]),
     "loop": ("copy-paste loop", [*SELF, "loop"]),
-    "pinned": ("training loop on one core (taskset -c 0)", ["taskset", "-c", "0", *SELF, "train"]),
     "blog": ("2019 blog as written (blog2019.py)", [*SELF, "blog"]),
     "careful": ("careful port (blog2019.py, NumPy stack)", [*SELF, "careful"]),
     "torch": ("PyTorch, compiled (torch_func.py --outer grad --compile)", PEER),
@@ -39,26 +37,21 @@ IMPLS = {  # key: (label, command)
     "step": ("maml.step alone, on fixed tasks", [*SELF, "step"]),
     "nnx_loop": ("Flax NNX port's loop (maml_nnx.py)", [*SELF, "nnx_loop"]),
     "nnx_step": ("maml_nnx.step alone, on fixed tasks", [*SELF, "nnx_step"]),
-    "nnx_was": ("maml_nnx.step as it was (its nnx.State through jit)", [*SELF, "nnx_was"]),
     "eqx_loop": ("Equinox port's loop (maml_equinox.py)", [*SELF, "eqx_loop"]),
     "eqx_step": ("maml_equinox.step alone, on fixed tasks", [*SELF, "eqx_step"]),
-    "eqx_was": ("maml_equinox.step as it was (eqx.nn.MLP, filter_jit)", [*SELF, "eqx_was"]),
 }
 # What a run measures, and writes as NAME.json and NAME.md: the benchmark, or with --stacks the
 # ports of studies/stacks beside maml.py's loop and step.
-PARTS = {"benchmark": ["train", "loop", "pinned", "blog", "careful", "torch", "torch1"],
-         "stacks": ["loop", "step", "nnx_loop", "nnx_step", "nnx_was", "eqx_loop", "eqx_step",
-                    "eqx_was"]}
+PARTS = {"benchmark": ["train", "loop", "blog", "careful", "torch", "torch1"],
+         "stacks": ["loop", "step", "nnx_loop", "nnx_step", "eqx_loop", "eqx_step"]}
 # A baseline, by its stand-ins: a round's ratio is against the fastest (PyTorch's better threads).
 BASELINES = {"blog as written": ("blog",), "careful port": ("careful",),
-             "PyTorch": ("torch", "torch1"), "two cores": ("train",),
+             "PyTorch": ("torch", "torch1"),
              "maml.py's loop": ("loop",), "maml.step": ("step",)}
 RATIOS = [("train", "blog as written"), ("train", "careful port"), ("train", "PyTorch"),
           ("loop", "blog as written"), ("loop", "careful port"), ("loop", "PyTorch"),
-          ("pinned", "two cores"), *((f"{p}_{kind}", baseline) for p in stack_speed.PORTS
-                                     for kind, baseline in (("loop", "maml.py's loop"),
-                                                            ("step", "maml.step"),
-                                                            ("was", "maml.step")))]
+          *((f"{p}_{kind}", baseline) for p in stack_speed.PORTS
+            for kind, baseline in (("loop", "maml.py's loop"), ("step", "maml.step")))]
 # Every implementation prints one line in this form (the peers' own).
 LINE = re.compile(r"^(\S+): ([0-9.]+) ms/step over (\d+) steps; final loss (\S+)$", re.M)
 # The settings as the peers take them (their smallest amplitude is 0.1, as in both).
@@ -100,8 +93,7 @@ WORKERS = {"train": worker_train, "loop": worker_loop, "blog": blog2019.train,
            "careful": partial(blog2019.train, careful=True),
            "step": partial(stack_speed.alone, "maml"),
            **{f"{p}_loop": partial(stack_speed.loop, p) for p in stack_speed.PORTS},
-           **{f"{p}_step": partial(stack_speed.alone, p) for p in stack_speed.PORTS},
-           **{f"{p}_was": partial(stack_speed.alone, f"{p}_was") for p in stack_speed.PORTS}}
+           **{f"{p}_step": partial(stack_speed.alone, p) for p in stack_speed.PORTS}}
 
 
 def run(argv):
@@ -242,9 +234,6 @@ def runnable(args):
         print("note: skipping the PyTorch peers: they need --peers DIR and --torch-python PY "
               "(or $TORCH_PYTHON) with torch")
         keys = [k for k in keys if "{torch}" not in IMPLS[k][1]]
-    if "pinned" in keys and not shutil.which("taskset"):
-        print("note: skipping the pinned training loop: no taskset here")
-        keys = [k for k in keys if k != "pinned"]
     return keys, torch and torch.strip()
 
 

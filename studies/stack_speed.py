@@ -4,10 +4,7 @@ own) and XLA's counts of each compiled step. A port is imported by its own rows 
 without flax, equinox or optax the benchmark runs, and says that it skipped them.
 
 A port runs as its main() runs it: its step called from Python once a meta-step, on a
-flat list of the parameters, from train()'s key. Two more rows keep each port's step as
-it stood before issue 32: Flax NNX's nnx.State itself in and out of jax.jit, and
-Equinox's eqx.nn.MLP as it comes (its Linear computes W @ x for one point) under
-eqx.filter_jit.
+flat list of the parameters, from train()'s key.
 """
 import importlib
 import importlib.util
@@ -31,9 +28,7 @@ PORTS = {"nnx": ("maml_nnx", ("flax", "optax"),
          "eqx": ("maml_equinox", ("equinox", "optax"),
                  lambda m, key: tree_leaves(m.eqx.filter(m.net_init(key),
                                                          m.eqx.is_inexact_array)))}
-STEPS = {"maml": "maml.step", "nnx": "maml_nnx.step",
-         "nnx_was": "maml_nnx.step as it was", "eqx": "maml_equinox.step",
-         "eqx_was": "maml_equinox.step as it was"}
+STEPS = {"maml": "maml.step", "nnx": "maml_nnx.step", "eqx": "maml_equinox.step"}
 # train()'s keys, as bench.worker_loop's: the first initialises, the second draws tasks.
 K_INIT, K_TASKS = random.split(random.PRNGKey(0), 5)[:2]
 
@@ -44,38 +39,8 @@ def missing(name):
 
 
 def port(name):
-    """A port's module ("nnx", "eqx", either with "_was"), imported as its row runs."""
-    return importlib.import_module(f"studies.stacks.{PORTS[name.split('_')[0]][0]}")
-
-
-def nnx_as_it_was(m):
-    """maml_nnx.py's step before issue 32, the nnx.State itself in and out of jax.jit,
-    and its first arguments."""
-    @jax.jit
-    def step(params, opt_state, x1, y1, x2, y2, alpha):
-        value_and_grad = jax.value_and_grad(m.batch_maml_loss)
-        meta_loss, meta_grads = value_and_grad(params, x1, y1, x2, y2, alpha)
-        updates, opt_state = m.optimizer.update(meta_grads, opt_state, params)
-        return m.optax.apply_updates(params, updates), opt_state, meta_loss
-    params = m.net_init(K_INIT)[1]
-    return step, [params, m.optimizer.init(params)]
-
-
-def eqx_as_it_was(m):
-    """maml_equinox.py's step before issue 32, eqx.nn.MLP as it comes under
-    eqx.filter_jit, and its first arguments."""
-    eqx = m.eqx
-
-    @eqx.filter_jit
-    def step(model, opt_state, x1, y1, x2, y2, alpha):
-        value_and_grad = eqx.filter_value_and_grad(m.batch_maml_loss)
-        meta_loss, meta_grads = value_and_grad(model, x1, y1, x2, y2, alpha)
-        arrays = eqx.filter(model, eqx.is_inexact_array)
-        updates, opt_state = m.optimizer.update(meta_grads, opt_state, arrays)
-        return eqx.apply_updates(model, updates), opt_state, meta_loss
-    model = eqx.nn.MLP(1, 1, width_size=40, depth=2, activation=jax.nn.relu,
-                       key=K_INIT)
-    return step, [model, m.optimizer.init(eqx.filter(model, eqx.is_inexact_array))]
+    """A port's module ("nnx", "eqx"), imported as its row runs."""
+    return importlib.import_module(f"studies.stacks.{PORTS[name][0]}")
 
 
 def begin(name):
@@ -84,8 +49,6 @@ def begin(name):
     if name == "maml":
         return maml.step, [0, maml.opt_init(maml.net_init(K_INIT, (-1, 1))[1])]
     m = port(name)
-    if name.endswith("_was"):
-        return {"nnx_was": nnx_as_it_was, "eqx_was": eqx_as_it_was}[name](m)
     params = PORTS[name][2](m, K_INIT)
     return m.step, [params, m.optimizer.init(params)]
 
@@ -124,11 +87,11 @@ def alone(name, setup):
     return time_steps(name, setup, lambda i: batch)
 
 
-def xla_count(name, setup):
-    """XLA's counts of a step (a key of STEPS) compiled for one meta-batch:
-    floating-point operations, bytes accessed, compute kernels, transposes, copies."""
+def xla_count(step, args, setup):
+    """XLA's counts of a step (jax.jit's or eqx.filter_jit's) compiled on its first
+    arguments (begin's) and one meta-batch: floating-point operations, bytes accessed,
+    compute kernels, transposes, copies."""
     batch = maml.sample_tasks(K_TASKS, setup["tasks"], setup["k"], setup["amp_range"])
-    step, args = begin(name)
     lowered = step.lower(*args, *batch, setup["alpha"])
     compiled = getattr(lowered, "lowered", lowered).compile()  # filter_jit's has jit's
     found = compiled.cost_analysis()
@@ -142,8 +105,8 @@ def xla_count(name, setup):
 
 def xla_counts(setup):
     """xla_count of every step that can run here, and the device."""
-    names = [s for s in STEPS if s == "maml" or not missing(s.split("_")[0])]
-    return dict(xla={name: xla_count(name, setup) for name in names},
+    names = [s for s in STEPS if s == "maml" or not missing(s)]
+    return dict(xla={name: xla_count(*begin(name), setup) for name in names},
                 device=program.jax_device())
 
 
