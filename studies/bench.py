@@ -1,11 +1,10 @@
 """How fast one meta-step of maml.py is, next to the 2019 code it replaces: figures/benchmark.json
 and benchmark.md (a quick look: docs/from-2019.md). Every run a fresh process, in interleaved
 rounds; the PyTorch peers need --peers DIR and --torch-python PY. With --stacks: the ports
-of studies/stacks beside maml.py, and XLA's counts of each step, into stacks.json and stacks.md."""
+of studies/stacks beside maml.py, into stacks.json and stacks.md."""
 import argparse
 import importlib.metadata
 import itertools
-import json
 import math
 import os
 import re
@@ -142,7 +141,7 @@ def timing(runs):
                    (("median", statistics.median), ("min", min), ("max", max))})
 
 
-def results(args, runs, loads, xla):
+def results(args, runs, loads):
     """benchmark.json: every measurement; a round's speed-up is over the baseline's fastest."""
     times = {key: {s: timing(runs[key][s]) for s in args.settings} for key in runs}
     speedups = []
@@ -162,7 +161,7 @@ def results(args, runs, loads, xla):
     return dict(record, rounds=args.rounds, steps=args.steps,
                 settings={s: PEER_SETTINGS[s] for s in args.settings},
                 implementations={key: IMPLS[key][0] for key in runs}, ms_per_step=times,
-                speedups=speedups, **({"costs": xla} if xla else {}))
+                speedups=speedups)
 
 
 def render(data):
@@ -191,8 +190,6 @@ def render(data):
             [[labels[o], f"vs {b}", *(ratio(found.get((o, b, s))) for s in settings)]
              for o, b in RATIOS if any((o, b, s) in found for s in settings)],
             "ll" + "r" * len(settings)),
-        *(["**XLA's counts of each compiled step** (one more process per setting)", "",
-           stack_speed.xla_table(data["costs"])] if data.get("costs") else []),
         program.conditions(data), ""])
 
 
@@ -212,7 +209,7 @@ def parse_args(argv=None):
     ap.add_argument("--peers", metavar="DIR", type=os.path.abspath,
                     help="the peers' folder, for the PyTorch rows")
     ap.add_argument("--torch-python", metavar="PY", help="a Python with torch (or $TORCH_PYTHON)")
-    ap.add_argument("--worker", choices=[*WORKERS, "xla"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     ap.add_argument("--setup", choices=experiment.SETUPS, default="paper", help=argparse.SUPPRESS)
     return program.parse(ap, argv)
 
@@ -240,8 +237,6 @@ def runnable(args):
 def main(argv=None):
     args = parse_args(argv)
     setup = dict(experiment.SETUPS[args.setup], steps=args.steps)
-    if args.worker == "xla":  # XLA's counts of the stacks' steps, as JSON
-        return print(f"xla: {json.dumps(stack_speed.xla_counts(setup))}")
     if args.worker:  # a worker prints one line: its time
         line = "{:.4f} ms/step over {} steps; final loss {:.4f}".format(
             *WORKERS[args.worker](setup))
@@ -254,9 +249,7 @@ def main(argv=None):
     stacks = {p: version(p) for p in ("flax", "equinox", "optax")}
     args.versions = stacks if args.stacks else {"torch": torch}
     runs, loads = measure(keys, args)
-    xla = {s: json.loads(out.split("xla: ")[1]) for s in args.settings if args.stacks
-           and (out := run([sys.executable, *SELF[1:], "xla", "--setup", s]))}
-    text = program.write(args.out, name, results(args, runs, loads, xla), render)
+    text = program.write(args.out, name, results(args, runs, loads), render)
     print("\n" + text + f"\nwritten to {os.path.join(args.out, name + '.json')} and .md")
 
 

@@ -1,6 +1,6 @@
 """How fast the ports of studies/stacks run beside maml.py: the workers of the
 benchmark's stack rows (`python -m studies.bench --stacks`, each row a process of its
-own) and XLA's counts of each compiled step. A port is imported by its own rows alone:
+own). A port is imported by its own rows alone:
 without flax, equinox or optax the benchmark runs, and says that it skipped them.
 
 A port runs as its main() runs it: its step called from Python once a meta-step, on a
@@ -8,7 +8,6 @@ flat list of the parameters, from train()'s key.
 """
 import importlib
 import importlib.util
-import re
 import time
 
 import jax
@@ -17,9 +16,6 @@ from jax import random
 from jax.tree_util import tree_leaves
 
 import maml
-from machinery import program
-
-KERNEL = re.compile(r"= \S+ (?:fusion|dot|convolution|custom-call)\(")  # in a compiled HLO
 
 # A port: its module, the packages it needs, and its first parameters as its step takes
 # them (its main()'s first lines).
@@ -28,7 +24,6 @@ PORTS = {"nnx": ("maml_nnx", ("flax", "optax"),
          "eqx": ("maml_equinox", ("equinox", "optax"),
                  lambda m, key: tree_leaves(m.eqx.filter(m.net_init(key),
                                                          m.eqx.is_inexact_array)))}
-STEPS = {"maml": "maml.step", "nnx": "maml_nnx.step", "eqx": "maml_equinox.step"}
 # train()'s keys, as bench.worker_loop's: the first initialises, the second draws tasks.
 K_INIT, K_TASKS = random.split(random.PRNGKey(0), 5)[:2]
 
@@ -44,7 +39,7 @@ def port(name):
 
 
 def begin(name):
-    """A step (a key of STEPS) and its first arguments before the batch: maml.step's
+    """A step ("maml", or a port's name) and its first arguments before the batch: maml.step's
     (0, its state), a port's (its parameters, optax's state), from train()'s key."""
     if name == "maml":
         return maml.step, [0, maml.opt_init(maml.net_init(K_INIT, (-1, 1))[1])]
@@ -54,7 +49,7 @@ def begin(name):
 
 
 def time_steps(name, setup, batch_of):
-    """A step (a key of STEPS) on batch_of(i) at step i, timed as bench.worker_loop
+    """A step (begin's name) on batch_of(i) at step i, timed as bench.worker_loop
     times maml.py's loop: the steady state after min(50, N/10) steps. Its ms per step,
     the steps timed, its last loss."""
     step, args = begin(name)
@@ -86,36 +81,3 @@ def alone(name, setup):
     batch = maml.sample_tasks(key, setup["tasks"], setup["k"], setup["amp_range"])
     return time_steps(name, setup, lambda i: batch)
 
-
-def xla_count(step, args, setup):
-    """XLA's counts of a step (jax.jit's or eqx.filter_jit's) compiled on its first
-    arguments (begin's) and one meta-batch: floating-point operations, bytes accessed,
-    compute kernels, transposes, copies."""
-    batch = maml.sample_tasks(K_TASKS, setup["tasks"], setup["k"], setup["amp_range"])
-    lowered = step.lower(*args, *batch, setup["alpha"])
-    compiled = getattr(lowered, "lowered", lowered).compile()  # filter_jit's has jit's
-    found = compiled.cost_analysis()
-    found = found[0] if isinstance(found, (list, tuple)) else found  # old jax: a list
-    text = compiled.as_text()
-    return dict(mflop=found["flops"] / 1e6, mbytes=found["bytes accessed"] / 1e6,
-                kernels=len(KERNEL.findall(text.split("ENTRY", 1)[1])),
-                transposes=len(re.findall(r" transpose\(", text)),
-                copies=len(re.findall(r" copy\(", text)))
-
-
-def xla_counts(setup):
-    """xla_count of every step that can run here, and the device."""
-    names = [s for s in STEPS if s == "maml" or not missing(s)]
-    return dict(xla={name: xla_count(*begin(name), setup) for name in names},
-                device=program.jax_device())
-
-
-def xla_table(costs):
-    """Markdown: xla_counts, a row for each step and setting."""
-    header = ["compiled step", "setting", "MFLOP", "MB accessed", "kernels",
-              "transposes", "copies"]
-    return program.table(header, [
-        [STEPS[name], setting, f"{c['mflop']:.2f}", f"{c['mbytes']:.2f}",
-         *(str(c[k]) for k in ("kernels", "transposes", "copies"))]
-        for setting, found in costs.items() for name, c in found["xla"].items()],
-        "llrrrrr")
