@@ -155,8 +155,8 @@ def results(args, runs, loads):
                                  median=statistics.median(ratios) if ratios else None))
     torch = "<a Python with torch>"
     hide = {"--torch-python": torch, "--peers": "<the peers' folder>"}
-    record = program.record(  # no device: the driver starts no JAX, its workers do
-        "studies.bench", args.argv, loads=loads, hide=hide,
+    record = program.record(  # the driver starts no JAX (it must not hold a GPU): a worker's
+        "studies.bench", args.argv, args.device, loads=loads, hide=hide,
         env=args.torch_from_env and {"TORCH_PYTHON": torch}, **args.versions)
     return dict(record, rounds=args.rounds, steps=args.steps,
                 settings={s: PEER_SETTINGS[s] for s in args.settings},
@@ -209,7 +209,7 @@ def parse_args(argv=None):
     ap.add_argument("--peers", metavar="DIR", type=os.path.abspath,
                     help="the peers' folder, for the PyTorch rows")
     ap.add_argument("--torch-python", metavar="PY", help="a Python with torch (or $TORCH_PYTHON)")
-    ap.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=[*WORKERS, "device"], help=argparse.SUPPRESS)
     ap.add_argument("--setup", choices=experiment.SETUPS, default="paper", help=argparse.SUPPRESS)
     return program.parse(ap, argv)
 
@@ -237,6 +237,8 @@ def runnable(args):
 def main(argv=None):
     args = parse_args(argv)
     setup = dict(experiment.SETUPS[args.setup], steps=args.steps)
+    if args.worker == "device":  # the device the workers run on
+        return print(program.jax_device())
     if args.worker:  # a worker prints one line: its time
         line = "{:.4f} ms/step over {} steps; final loss {:.4f}".format(
             *WORKERS[args.worker](setup))
@@ -248,6 +250,7 @@ def main(argv=None):
     keys, torch = runnable(args)
     stacks = {p: version(p) for p in ("flax", "equinox", "optax")}
     args.versions = stacks if args.stacks else {"torch": torch}
+    args.device = (run([sys.executable, *SELF[1:], "device"]) or "").strip() or None
     runs, loads = measure(keys, args)
     text = program.write(args.out, name, results(args, runs, loads), render)
     print("\n" + text + f"\nwritten to {os.path.join(args.out, name + '.json')} and .md")
