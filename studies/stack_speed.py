@@ -39,8 +39,9 @@ def port(name):
 
 
 def begin(name):
-    """A step ("maml", or a port's name) and its first arguments before the batch: maml.step's
-    (0, its state), a port's (its parameters, optax's state), from train()'s key."""
+    """A step ("maml", or a port's name) and its first arguments before the batch:
+    maml.step's (0, its state), a port's (its parameters, optax's state), from train()'s
+    key."""
     if name == "maml":
         return maml.step, [0, maml.opt_init(maml.net_init(K_INIT, (-1, 1))[1])]
     m = port(name)
