@@ -36,6 +36,16 @@ def pytest_configure(config):
     # (a third of the fast subset's time). The programs that the slow tests start, and the
     # committed results, run optimised, as a user's do.
     jax.config.update("jax_disable_most_optimizations", True)
+    # What XLA compiles here is kept in pytest's own cache folder (.pytest_cache, which git
+    # ignores; none under -p no:cacheprovider, as in CI), so a rerun loads it instead of
+    # compiling again (the quick subset in half the time). Its key holds the program, the
+    # options and the versions: a changed program or another jax compiles anew, and
+    # `pytest --cache-clear` empties it.
+    cache = getattr(config, "cache", None)
+    if cache is not None:  # its folder: mkdir from pytest 7, makedir before
+        folder = cache.mkdir("xla") if hasattr(cache, "mkdir") else cache.makedir("xla")
+        jax.config.update("jax_compilation_cache_dir", str(folder))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 @pytest.fixture
